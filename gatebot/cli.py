@@ -1,0 +1,257 @@
+"""The `gatebot` command line: parse arguments, load settings, call into the package.
+
+Exit codes: 0 success; 1 the operation failed (deploy, rollback, engine or nginx trouble);
+2 bad configuration, unknown project or bad usage; 3 the project is busy (locked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from gatebot.errors import ConfigError, GatebotError, LockHeld, StageFailed, UnknownProject
+from gatebot.pipeline.engine import Engine
+from gatebot.pipeline.journal import JournalEvent
+from gatebot.settings import Settings, config_path, load_settings
+from gatebot.store.deployments import Deployment
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gatebot", description="Zero-downtime blue-green deploys on Docker and nginx."
+    )
+    parser.add_argument("-c", "--config", help="TOML configuration file (or GATEBOT_CONFIG)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    deploy = commands.add_parser("deploy", help="build and deploy a project's commit")
+    deploy.add_argument("project")
+    deploy.add_argument("--sha", help="exact commit to deploy (default: the branch head)")
+
+    rollback = commands.add_parser("rollback", help="bring an earlier release back")
+    rollback.add_argument("project")
+    rollback.add_argument("--to", help="version (3 or v3) or commit SHA of a once-live release")
+
+    status = commands.add_parser("status", help="what is live, per project")
+    status.add_argument("project", nargs="?")
+    status.add_argument("--json", action="store_true")
+
+    history = commands.add_parser("history", help="a project's deployments, newest first")
+    history.add_argument("project")
+    history.add_argument("--json", action="store_true")
+    history.add_argument("--limit", type=int, default=20)
+
+    commands.add_parser("check-config", help="validate the configuration and print the projects")
+    reconcile = commands.add_parser(
+        "reconcile", help="repair Docker and nginx state from the database (also run at start)"
+    )
+    reconcile.add_argument("project", nargs="?")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        settings = load_settings(config_path(args.config))
+        if args.command == "check-config":
+            return check_config(settings, sys.stdout)
+        return asyncio.run(run_command(settings, args, sys.stdout))
+    except (ConfigError, UnknownProject) as exc:
+        print(f"gatebot: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except LockHeld as exc:
+        print(f"gatebot: {exc}", file=sys.stderr)
+        return EXIT_BUSY
+    except StageFailed as exc:
+        print(f"gatebot: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except GatebotError as exc:
+        print(f"gatebot: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("gatebot: interrupted; the next start repairs any half-done deploy", file=sys.stderr)
+        return 130
+
+
+def check_config(settings: Settings, out: TextIO) -> int:
+    print(f"{settings.source}: OK, {len(settings.projects)} project(s)", file=out)
+    print(f"  data_dir: {settings.server.data_dir}", file=out)
+    print(f"  docker:   {settings.docker_host}", file=out)
+    print(f"  nginx:    {settings.nginx.conf_dir}", file=out)
+    for p in settings.projects:
+        site = f", site {p.site.server_name} on {p.site.listen}" if p.site else ""
+        print(
+            f"  {p.name}: {p.repo} @ {p.branch}; blue :{p.base_port}, green :{p.base_port + 1}"
+            f" -> {p.container_port} ({p.network}); health {p.health.path}{site}",
+            file=out,
+        )
+    return EXIT_OK
+
+
+async def run_command(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    from gatebot.wiring import open_engine
+
+    if getattr(args, "project", None):
+        settings.project(args.project)  # unknown project: exit 2 before touching anything
+    async with open_engine(settings) as engine:
+        if args.command == "deploy":
+            return await cmd_deploy(engine, args, out)
+        if args.command == "rollback":
+            return await cmd_rollback(engine, args, out)
+        if args.command == "status":
+            return await cmd_status(engine, args, out)
+        if args.command == "history":
+            return await cmd_history(engine, args, out)
+        if args.command == "reconcile":
+            return await cmd_reconcile(engine, args, out)
+    raise ConfigError(f"unknown command {args.command}")
+
+
+def _trigger() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+async def _preflight(engine: Engine, project: str) -> None:
+    """Engine reachable, nginx sane, and any half-done work of this project repaired."""
+    from gatebot.pipeline.reconcile import reconcile
+
+    await engine.runtime.ping()
+    await engine.proxy.check()
+    report = await reconcile(engine, [project])
+    if report.interrupted or report.restarted or report.lost or report.removed_containers:
+        print(f"reconciled first: {report.summary()}", file=sys.stderr)
+
+
+def progress_printer(out: TextIO) -> Any:
+    def show(event: JournalEvent) -> None:
+        if event.kind == "done":
+            print(f"  {event.stage:<8} {event.duration or 0:6.2f}s  {event.message}", file=out)
+        elif event.kind == "failed":
+            print(f"  {event.stage:<8} FAILED after {event.duration or 0:.2f}s", file=out)
+        elif event.kind == "note" and event.stage in ("queued", "rollback", "cleanup"):
+            print(f"  {event.message}", file=out)
+        out.flush()
+
+    return show
+
+
+async def cmd_deploy(engine: Engine, args: argparse.Namespace, out: TextIO) -> int:
+    from gatebot.pipeline.deploy import deploy
+
+    await _preflight(engine, args.project)
+    print(f"{args.project}: deploying {args.sha or 'branch head'}", file=out)
+    deployment = await deploy(
+        engine, args.project, sha=args.sha, trigger=_trigger(), listeners=[progress_printer(out)]
+    )
+    print(
+        f"{args.project}: v{deployment.version} ({(deployment.commit_sha or '')[:12]}) "
+        f"live on {deployment.color} (port {deployment.port})",
+        file=out,
+    )
+    return EXIT_OK
+
+
+async def cmd_rollback(engine: Engine, args: argparse.Namespace, out: TextIO) -> int:
+    from gatebot.pipeline.rollback import rollback
+
+    await _preflight(engine, args.project)
+    deployment = await rollback(
+        engine, args.project, to=args.to, trigger=_trigger(), listeners=[progress_printer(out)]
+    )
+    print(
+        f"{args.project}: rolled back; v{deployment.version} "
+        f"({(deployment.commit_sha or '')[:12]}) live on {deployment.color} "
+        f"(port {deployment.port})",
+        file=out,
+    )
+    return EXIT_OK
+
+
+def active_dict(d: Deployment | None) -> dict[str, Any] | None:
+    if d is None:
+        return None
+    return {
+        "id": d.id,
+        "version": d.version,
+        "commit": d.commit_sha,
+        "color": d.color,
+        "port": d.port,
+        "container": d.container,
+        "image": d.image,
+        "since": d.activated_at,
+        "trigger": d.trigger,
+    }
+
+
+async def cmd_status(engine: Engine, args: argparse.Namespace, out: TextIO) -> int:
+    projects = [engine.settings.project(args.project)] if args.project else engine.settings.projects
+    rows = []
+    for project in projects:
+        active = await engine.store.deployments.active(project.name)
+        rows.append(
+            {
+                "name": project.name,
+                "active": active_dict(active),
+                "busy": engine.locks.holder(project.name),
+            }
+        )
+    if args.json:
+        json.dump({"projects": rows}, out, indent=2)
+        out.write("\n")
+        return EXIT_OK
+    for row in rows:
+        live_now = row["active"]
+        live = (
+            f"v{live_now['version']} {str(live_now['commit'])[:12]} on {live_now['color']} "
+            f"(port {live_now['port']}) since {live_now['since']}"
+            if isinstance(live_now, dict)
+            else "nothing live"
+        )
+        busy = f"  [busy: {row['busy']}]" if row["busy"] else ""
+        print(f"{row['name']}: {live}{busy}", file=out)
+    return EXIT_OK
+
+
+async def cmd_history(engine: Engine, args: argparse.Namespace, out: TextIO) -> int:
+    history = await engine.store.deployments.history(args.project, limit=args.limit)
+    if args.json:
+        json.dump(
+            {"project": args.project, "deployments": [d.to_dict() for d in history]}, out, indent=2
+        )
+        out.write("\n")
+        return EXIT_OK
+    if not history:
+        print(f"{args.project}: no deployments yet", file=out)
+    for d in history:
+        problem = f"  {d.failed_stage}: {d.error}" if d.error else ""
+        print(
+            f"v{d.version:<4} {d.status:<11} {(d.commit_sha or '-')[:12]:<12} "
+            f"{d.color or '-':<5} {d.created_at}  {d.trigger}{problem}",
+            file=out,
+        )
+    return EXIT_OK
+
+
+async def cmd_reconcile(engine: Engine, args: argparse.Namespace, out: TextIO) -> int:
+    from gatebot.pipeline.reconcile import reconcile
+
+    await engine.runtime.ping()
+    report = await reconcile(engine, [args.project] if args.project else None)
+    print(report.summary(), file=out)
+    return EXIT_OK

@@ -1,0 +1,72 @@
+"""One error tree for gatebot, so callers catch by meaning, not by library.
+
+Every message here may reach a user (CLI, API, forge comment): it says what went wrong and,
+where there is one, what to do, and it never carries a secret.
+"""
+
+from __future__ import annotations
+
+
+class GatebotError(Exception):
+    """Base of every error gatebot raises on purpose."""
+
+
+class ConfigError(GatebotError):
+    """The configuration file is missing, unreadable or invalid."""
+
+
+class UnknownProject(GatebotError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"unknown project {name!r}: it is not in the configuration")
+        self.name = name
+
+
+class LockHeld(GatebotError):
+    """Another deploy or rollback of the same project is running."""
+
+    def __init__(self, project: str, holder: str) -> None:
+        super().__init__(f"project {project!r} is busy: {holder}")
+        self.project = project
+        self.holder = holder
+
+
+class IllegalTransition(GatebotError):
+    def __init__(self, deployment_id: int, old: str, new: str) -> None:
+        super().__init__(f"deployment {deployment_id}: illegal status change {old} -> {new}")
+
+
+class NothingToRollBack(GatebotError):
+    """No earlier release with an image exists to roll back to."""
+
+
+class RuntimeUnavailable(GatebotError):
+    """The Docker engine cannot be reached."""
+
+
+class RuntimeFailure(GatebotError):
+    """The Docker engine refused or failed an operation."""
+
+
+class NameConflict(RuntimeFailure):
+    """A container gatebot wants to create exists and is not gatebot's."""
+
+
+class SourceError(GatebotError):
+    """Cloning, fetching or checking out the repository failed."""
+
+
+class ProxyError(GatebotError):
+    """nginx rejected the configuration or could not be reloaded."""
+
+
+class HealthCheckFailed(GatebotError):
+    """The new container never answered its health check in time."""
+
+
+class StageFailed(GatebotError):
+    """A deploy or rollback stopped at `stage` for `reason`; the live release is untouched."""
+
+    def __init__(self, stage: str, reason: str) -> None:
+        super().__init__(f"{stage} failed: {reason}")
+        self.stage = stage
+        self.reason = reason

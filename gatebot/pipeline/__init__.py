@@ -1,0 +1,1 @@
+"""The deploy, rollback and reconciliation processes, each a straight line of stages."""

@@ -1,0 +1,181 @@
+"""The blue-green deploy, as a straight line of stages:
+
+lock -> source -> pick slot -> record DEPLOYING -> build -> run -> health -> switch -> record
+ACTIVE -> drain and retire the old slot -> unlock.
+
+Any failure before the switch removes the new container and records FAILED; the live release
+never stops serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from gatebot.errors import GatebotError, StageFailed
+from gatebot.pipeline.engine import Engine, deployment_labels, image_tag, pick_slot
+from gatebot.pipeline.health import wait_healthy
+from gatebot.pipeline.journal import Journal, Listener
+from gatebot.runtime.base import LABEL_DEPLOYMENT, BuildSpec
+from gatebot.settings import ProjectSettings
+from gatebot.store.deployments import Deployment, Slot
+
+log = logging.getLogger("gatebot.pipeline")
+
+
+async def deploy(
+    engine: Engine,
+    project_name: str,
+    *,
+    sha: str | None = None,
+    trigger: str,
+    listeners: list[Listener] | None = None,
+) -> Deployment:
+    """Deploy `sha` (or the branch head) of a project; return the ACTIVE deployment.
+
+    Raises LockHeld when the project is busy and StageFailed when a stage fails.
+    """
+    project = engine.settings.project(project_name)
+    async with engine.locks.hold(project.name, f"deploy by {trigger}"):
+        deployment = await engine.store.deployments.create(project.name, trigger)
+        journal = engine.journal(deployment, listeners)
+        await journal.note("queued", f"deploy v{deployment.version} started by {trigger}")
+        return await _deploy(engine, project, deployment, sha, journal)
+
+
+async def _deploy(
+    engine: Engine,
+    project: ProjectSettings,
+    deployment: Deployment,
+    sha: str | None,
+    journal: Journal,
+) -> Deployment:
+    deployments = engine.store.deployments
+    active: Deployment | None = None
+    slot: Slot | None = None
+    switched = False
+    try:
+        async with journal.stage("source") as stage:
+            checkout = await engine.source.checkout(project.name, project.repo, project.branch, sha)
+            stage.message = f"{checkout.sha[:12]} {checkout.message}".strip()
+        active = await deployments.active(project.name)
+        slot = pick_slot(project, active)
+        image = image_tag(project.name, deployment.version, checkout.sha)
+        deployment = await deployments.mark_deploying(
+            deployment.id,
+            commit_sha=checkout.sha,
+            commit_message=checkout.message,
+            image=image,
+            slot=slot,
+        )
+        async with journal.stage("build") as stage:
+            await engine.runtime.build(
+                BuildSpec(
+                    context=checkout.path / project.context,
+                    dockerfile=project.dockerfile,
+                    tag=image,
+                    labels=deployment_labels(project.name, deployment.id, checkout.sha),
+                    build_args=project.build_args,
+                ),
+                stage.output,
+            )
+            stage.message = f"built {image}"
+        async with journal.stage("run") as stage:
+            spec = engine.container_spec(project, deployment, image, slot)
+            await engine.runtime.run(spec)
+            stage.message = f"started {slot.container} ({slot.color}) on port {slot.port}"
+        async with journal.stage("health") as stage:
+            result = await wait_healthy(engine.runtime, slot.container, slot.port, project.health)
+            stage.message = (
+                f"healthy after {result.attempts} attempt(s), {result.latency_ms:.0f} ms"
+            )
+        async with journal.stage("switch") as stage:
+            target = await deployments.require(deployment.id)
+            switched = await engine.proxy.apply(project.name, engine.nginx_conf(project, target))
+            stage.message = f"nginx now sends {project.name} to port {slot.port}"
+        async with journal.stage("record") as stage:
+            deployment = await deployments.activate(
+                deployment.id, old_id=active.id if active else None
+            )
+            stage.message = f"v{deployment.version} is ACTIVE"
+    except StageFailed as failure:
+        await undo(engine, project, deployment, active, slot, switched, journal)
+        await deployments.fail(deployment.id, stage=failure.stage, error=failure.reason)
+        raise
+    await journal.note("live", f"v{deployment.version} live on {slot.color} (port {slot.port})")
+    await retire(engine, project, active, journal)
+    return deployment
+
+
+async def undo(
+    engine: Engine,
+    project: ProjectSettings,
+    deployment: Deployment,
+    active: Deployment | None,
+    slot: Slot | None,
+    switched: bool,
+    journal: Journal,
+) -> None:
+    """Put things back as they were: nginx to the live release, the new container gone.
+
+    Only a container labelled with this deployment is removed, never someone else's.
+    """
+    if switched:
+        with contextlib.suppress(GatebotError):
+            await engine.proxy.apply(project.name, engine.nginx_conf(project, active))
+    if slot is None:
+        return
+    with contextlib.suppress(GatebotError):
+        state = await engine.runtime.state(slot.container)
+        if state is None or state.labels.get(LABEL_DEPLOYMENT) != str(deployment.id):
+            return
+        try:
+            await engine.runtime.stop_and_remove(slot.container, timeout=0)
+            await journal.note("cleanup", f"removed {slot.container}")
+        except GatebotError as exc:
+            await journal.note("cleanup", f"could not remove {slot.container}: {exc}")
+
+
+async def retire(
+    engine: Engine, project: ProjectSettings, old: Deployment | None, journal: Journal
+) -> None:
+    """After the switch: wait for in-flight requests, stop the old slot, prune old images.
+
+    Nothing here can fail the deployment, which is already live; problems are logged.
+    """
+    if old is not None and old.container:
+        try:
+            async with journal.stage("drain") as stage:
+                await asyncio.sleep(project.drain_seconds)
+                await engine.runtime.stop_and_remove(old.container, timeout=project.stop_timeout)
+                stage.message = (
+                    f"waited {project.drain_seconds:g}s, stopped and removed {old.container}"
+                )
+        except StageFailed as exc:
+            log.warning("retiring %s failed: %s", old.container, exc.reason)
+    try:
+        async with journal.stage("prune") as stage:
+            removed = await prune_images(engine, project)
+            stage.message = (
+                f"removed {len(removed)} old image(s)" if removed else "nothing to prune"
+            )
+    except StageFailed as exc:
+        log.warning("pruning images of %s failed: %s", project.name, exc.reason)
+
+
+async def prune_images(engine: Engine, project: ProjectSettings) -> list[str]:
+    """Remove the project's images beyond the `keep_releases` newest once-live releases."""
+    history = await engine.store.deployments.history(project.name, limit=10_000)
+    live_once = [d for d in history if d.status in ("ACTIVE", "ROLLED_BACK") and d.image]
+    keep = {d.image for d in live_once[: project.keep_releases]}
+    keep |= {d.image for d in history if d.status in ("ACTIVE", "DEPLOYING", "PENDING")}
+    removed = []
+    for tag in await engine.runtime.project_images(project.name):
+        if tag not in keep:
+            try:
+                await engine.runtime.remove_image(tag)
+                removed.append(tag)
+            except GatebotError as exc:
+                log.info("kept image %s: %s", tag, exc)
+    return removed

@@ -1,0 +1,97 @@
+"""The deploy engine's dependencies in one object, and the small pure decisions they share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from gatebot.pipeline.journal import Journal, Listener
+from gatebot.pipeline.lock import ProjectLocks
+from gatebot.proxy.nginx import NginxProxy, render_project_conf
+from gatebot.runtime.base import (
+    LABEL_COLOR,
+    LABEL_COMMIT,
+    LABEL_DEPLOYMENT,
+    LABEL_MANAGED,
+    LABEL_PROJECT,
+    ContainerSpec,
+    Runtime,
+)
+from gatebot.settings import ProjectSettings, Settings
+from gatebot.store import Store
+from gatebot.store.deployments import Deployment, Slot
+from gatebot.vcs import GitSource
+
+
+@dataclass
+class Engine:
+    settings: Settings
+    store: Store
+    runtime: Runtime
+    proxy: NginxProxy
+    source: GitSource
+    locks: ProjectLocks
+    logs_dir: Path
+
+    def journal(self, deployment: Deployment, listeners: list[Listener] | None) -> Journal:
+        return Journal(
+            self.store.deployments,
+            deployment.id,
+            self.log_path(deployment.id),
+            project=deployment.project,
+            listeners=listeners,
+        )
+
+    def log_path(self, deployment_id: int) -> Path:
+        return self.logs_dir / f"{deployment_id}.log"
+
+    def container_spec(
+        self, project: ProjectSettings, deployment: Deployment, image: str, slot: Slot
+    ) -> ContainerSpec:
+        return ContainerSpec(
+            name=slot.container,
+            image=image,
+            labels=deployment_labels(project.name, deployment.id, deployment.commit_sha, slot),
+            env=self.settings.container_env(project),
+            network=project.network,
+            host_port=slot.port,
+            container_port=project.container_port,
+            init=project.init,
+        )
+
+    def nginx_conf(self, project: ProjectSettings, live: Deployment | None) -> str | None:
+        """The project's nginx file for the release in `live` (None: no file)."""
+        if live is None or live.port is None:
+            return None
+        return render_project_conf(
+            project, live.port, note=f"live: v{live.version} ({live.color}), deployment {live.id}"
+        )
+
+
+def container_name(project: str, color: str) -> str:
+    return f"gatebot-{project}-{color}"
+
+
+def image_tag(project: str, version: int, sha: str) -> str:
+    return f"gatebot/{project}:{version}-{sha[:12]}"
+
+
+def pick_slot(project: ProjectSettings, active: Deployment | None) -> Slot:
+    """The idle slot: the opposite color of the live one; blue when nothing is live."""
+    color = "green" if active is not None and active.color == "blue" else "blue"
+    port = project.base_port + (1 if color == "green" else 0)
+    return Slot(container=container_name(project.name, color), color=color, port=port)
+
+
+def deployment_labels(
+    project: str, deployment_id: int, commit: str | None, slot: Slot | None = None
+) -> dict[str, str]:
+    labels = {
+        LABEL_MANAGED: "true",
+        LABEL_PROJECT: project,
+        LABEL_DEPLOYMENT: str(deployment_id),
+        LABEL_COMMIT: commit or "",
+    }
+    if slot is not None:
+        labels[LABEL_COLOR] = slot.color
+    return labels

@@ -1,0 +1,83 @@
+"""Health checks: is the new container answering, quickly, and still alive?
+
+`judge` is the pure decision on one answer; `wait_healthy` is the loop around real HTTP calls
+and container inspections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import aiohttp
+
+from gatebot.errors import HealthCheckFailed
+from gatebot.runtime.base import Runtime
+from gatebot.settings import HealthSettings
+
+
+@dataclass(frozen=True)
+class HealthResult:
+    attempts: int
+    latency_ms: float
+
+
+def judge(status: int, latency_ms: float, max_latency_ms: int) -> str | None:
+    """None when the answer is healthy, else why not."""
+    if not 200 <= status < 300:
+        return f"answered HTTP {status}"
+    if latency_ms > max_latency_ms:
+        return f"answered in {latency_ms:.0f} ms, over the {max_latency_ms} ms limit"
+    return None
+
+
+async def wait_healthy(
+    runtime: Runtime, container: str, port: int, health: HealthSettings
+) -> HealthResult:
+    """Poll until one healthy answer, or raise HealthCheckFailed with the last reason.
+
+    A container that has exited or restarted fails at once, with its last log lines.
+    """
+    url = f"http://127.0.0.1:{port}{health.path}"
+    if health.start_period:
+        await asyncio.sleep(health.start_period)
+    reason = "no answer yet"
+    timeout = aiohttp.ClientTimeout(total=health.timeout)
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        for attempt in range(1, health.retries + 1):
+            await _require_alive(runtime, container)
+            started = time.monotonic()
+            try:
+                async with session.get(url, allow_redirects=False) as response:
+                    await response.read()
+                    latency_ms = (time.monotonic() - started) * 1000
+                    verdict = judge(response.status, latency_ms, health.max_latency_ms)
+                    if verdict is None:
+                        return HealthResult(attempt, latency_ms)
+                    reason = f"GET {health.path} {verdict}"
+            except TimeoutError:
+                reason = f"GET {health.path} timed out after {health.timeout:g}s"
+            except aiohttp.ClientError as exc:
+                reason = f"GET {health.path} failed: {type(exc).__name__}"
+            if attempt < health.retries:
+                await asyncio.sleep(health.interval)
+    await _require_alive(runtime, container)
+    raise HealthCheckFailed(f"unhealthy after {health.retries} attempts: {reason}")
+
+
+async def _require_alive(runtime: Runtime, container: str) -> None:
+    state = await runtime.state(container)
+    if state is None:
+        raise HealthCheckFailed(f"container {container} disappeared")
+    if state.running and state.restart_count == 0:
+        return
+    logs = await runtime.logs(container, tail=20)
+    what = (
+        f"restarted {state.restart_count} time(s)"
+        if state.restart_count
+        else f"exited with code {state.exit_code}"
+    )
+    tail = f"; last log lines:\n{logs}" if logs else "; it wrote no log lines"
+    raise HealthCheckFailed(f"container {container} {what}{tail}")

@@ -1,0 +1,62 @@
+"""Per-project locks that survive nothing: an flock(2) on a file in the data directory.
+
+The kernel drops the lock when its holder exits, however it exits, so a crashed process never
+leaves a project stuck; and because flock works across processes, a CLI deploy and a running
+server never deploy the same project at once. Taking a lock never waits: a busy project fails
+at once with LockHeld, naming who holds it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from gatebot.errors import LockHeld
+
+
+class ProjectLocks:
+    def __init__(self, lock_dir: Path) -> None:
+        self.lock_dir = lock_dir
+
+    def path(self, project: str) -> Path:
+        return self.lock_dir / f"{project}.lock"
+
+    def holder(self, project: str) -> str | None:
+        """Who holds the project's lock now, or None when it is free."""
+        self.lock_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path(project), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return _read(fd) or "another gatebot process"
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
+    @asynccontextmanager
+    async def hold(self, project: str, purpose: str) -> AsyncIterator[None]:
+        self.lock_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path(project), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise LockHeld(project, _read(fd) or "another gatebot process") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{purpose} (pid {os.getpid()})".encode(), 0)
+            try:
+                yield
+            finally:
+                os.ftruncate(fd, 0)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+
+def _read(fd: int) -> str:
+    return os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()

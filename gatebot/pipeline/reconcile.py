@@ -1,0 +1,135 @@
+"""Start-up reconciliation: make Docker and nginx agree with the database after any crash.
+
+For each project, under its lock (a project another process is deploying is left alone):
+1. a deployment caught PENDING or DEPLOYING is marked FAILED and its container removed;
+2. the ACTIVE deployment's container is started (or recreated) if it is not running, and
+   health-checked; only if that fails is it marked FAILED;
+3. gatebot's containers of the project that belong to no ACTIVE deployment are removed;
+4. the project's nginx file is rendered from the database, and nginx reloaded if it changed.
+Afterwards nginx sends every project to its ACTIVE container, which is running.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from gatebot.errors import GatebotError, LockHeld
+from gatebot.pipeline.engine import Engine
+from gatebot.pipeline.health import wait_healthy
+from gatebot.pipeline.status import Status
+from gatebot.runtime.base import LABEL_DEPLOYMENT
+from gatebot.settings import ProjectSettings
+from gatebot.store.deployments import Deployment, Slot
+
+log = logging.getLogger("gatebot.reconcile")
+
+
+@dataclass
+class ReconcileReport:
+    interrupted: list[int] = field(default_factory=list)  # deployments marked FAILED
+    restarted: list[int] = field(default_factory=list)  # ACTIVE ones brought back
+    lost: list[int] = field(default_factory=list)  # ACTIVE ones that could not be brought back
+    removed_containers: list[str] = field(default_factory=list)
+    nginx_changed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # projects busy in another process
+
+    def summary(self) -> str:
+        parts = [
+            f"{len(self.interrupted)} interrupted deployment(s) failed",
+            f"{len(self.restarted)} live container(s) restarted",
+            f"{len(self.lost)} lost",
+            f"{len(self.removed_containers)} stray container(s) removed",
+            f"{len(self.nginx_changed)} nginx file(s) rewritten",
+        ]
+        if self.skipped:
+            parts.append(f"busy: {', '.join(self.skipped)}")
+        return ", ".join(parts)
+
+
+async def reconcile(engine: Engine, projects: list[str] | None = None) -> ReconcileReport:
+    report = ReconcileReport()
+    for project in engine.settings.projects:
+        if projects is not None and project.name not in projects:
+            continue
+        try:
+            async with engine.locks.hold(project.name, "reconciliation"):
+                await reconcile_project(engine, project, report)
+        except LockHeld:
+            report.skipped.append(project.name)
+    return report
+
+
+async def reconcile_project(
+    engine: Engine, project: ProjectSettings, report: ReconcileReport
+) -> None:
+    deployments = engine.store.deployments
+    for status in (Status.PENDING, Status.DEPLOYING):
+        for stuck in await deployments.with_status(status):
+            if stuck.project == project.name:
+                await _fail_interrupted(engine, stuck)
+                report.interrupted.append(stuck.id)
+
+    active = await deployments.active(project.name)
+    if active is not None:
+        outcome = await _bring_back(engine, project, active)
+        if outcome == "lost":
+            report.lost.append(active.id)
+            active = None
+        elif outcome == "restarted":
+            report.restarted.append(active.id)
+
+    for container in await engine.runtime.managed_containers(project.name):
+        belongs = active is not None and container.labels.get(LABEL_DEPLOYMENT) == str(active.id)
+        if not belongs:
+            await engine.runtime.stop_and_remove(container.name, timeout=project.stop_timeout)
+            report.removed_containers.append(container.name)
+            log.info("removed stray container %s", container.name, extra={"project": project.name})
+
+    if await engine.proxy.apply(project.name, engine.nginx_conf(project, active)):
+        report.nginx_changed.append(project.name)
+
+
+async def _fail_interrupted(engine: Engine, deployment: Deployment) -> None:
+    steps = await engine.store.deployments.steps(deployment.id)
+    stage = steps[-1].stage if steps else "queued"
+    if deployment.container:
+        state = await engine.runtime.state(deployment.container)
+        if state is not None and state.labels.get(LABEL_DEPLOYMENT) == str(deployment.id):
+            await engine.runtime.stop_and_remove(deployment.container, timeout=0)
+    await engine.store.deployments.fail(
+        deployment.id, stage=stage, error="interrupted: gatebot stopped during this deployment"
+    )
+    log.warning(
+        "deployment %s was interrupted; marked FAILED",
+        deployment.id,
+        extra={"project": deployment.project, "deployment": deployment.id},
+    )
+
+
+async def _bring_back(engine: Engine, project: ProjectSettings, active: Deployment) -> str:
+    """Make sure the live release's container runs: "running", "restarted", or "lost"
+    (then the deployment is marked FAILED)."""
+    assert active.container and active.color and active.port and active.image
+    state = await engine.runtime.state(active.container)
+    ours = state is not None and state.labels.get(LABEL_DEPLOYMENT) == str(active.id)
+    if ours and state is not None and state.running:
+        return "running"
+    journal = engine.journal(active, None)
+    try:
+        if ours:
+            await engine.runtime.start(active.container)
+            what = "started again"
+        else:
+            slot = Slot(container=active.container, color=active.color, port=active.port)
+            await engine.runtime.run(engine.container_spec(project, active, active.image, slot))
+            what = "recreated"
+        await wait_healthy(engine.runtime, active.container, active.port, project.health)
+    except GatebotError as exc:
+        await journal.note("reconcile", f"live container could not be brought back: {exc}")
+        await engine.store.deployments.fail(
+            active.id, stage="reconcile", error=f"container could not be brought back: {exc}"
+        )
+        return "lost"
+    await journal.note("reconcile", f"live container {active.container} {what} and healthy")
+    return "restarted"

@@ -1,0 +1,98 @@
+"""Rollback: make an earlier release live again, through the same slot switch as a deploy.
+
+The target's image starts in the idle slot, is health-checked, nginx switches to it, and only
+then the current release is retired. If anything fails first, the current release stays live.
+Without an explicit target, rollback walks back: the newest once-live release older than the
+live one whose image still exists; so repeated rollbacks go v3 -> v2 -> v1, never back and forth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from gatebot.errors import NothingToRollBack, StageFailed
+from gatebot.pipeline.deploy import retire, undo
+from gatebot.pipeline.engine import Engine, pick_slot
+from gatebot.pipeline.health import wait_healthy
+from gatebot.pipeline.journal import Listener
+from gatebot.pipeline.status import Status
+from gatebot.store.deployments import Deployment
+
+
+async def rollback(
+    engine: Engine,
+    project_name: str,
+    *,
+    to: str | None = None,
+    trigger: str,
+    listeners: list[Listener] | None = None,
+) -> Deployment:
+    """Return the deployment made live. Raises LockHeld, NothingToRollBack or StageFailed."""
+    project = engine.settings.project(project_name)
+    deployments = engine.store.deployments
+    async with engine.locks.hold(project.name, f"rollback by {trigger}"):
+        active = await deployments.active(project.name)
+        target = await choose_target(engine, project.name, active, to)
+        journal = engine.journal(target, listeners)
+        source = f"v{active.version}" if active else "no live release"
+        await journal.note(
+            "rollback", f"rollback from {source} to v{target.version} started by {trigger}"
+        )
+        slot = pick_slot(project, active)
+        switched = False
+        try:
+            async with journal.stage("run") as stage:
+                assert target.image is not None
+                spec = engine.container_spec(project, target, target.image, slot)
+                await engine.runtime.run(spec)
+                stage.message = f"started {slot.container} ({slot.color}) on port {slot.port}"
+            async with journal.stage("health") as stage:
+                result = await wait_healthy(
+                    engine.runtime, slot.container, slot.port, project.health
+                )
+                stage.message = f"healthy after {result.attempts} attempt(s)"
+            async with journal.stage("switch") as stage:
+                moved = replace(target, port=slot.port, color=slot.color)
+                switched = await engine.proxy.apply(project.name, engine.nginx_conf(project, moved))
+                stage.message = f"nginx now sends {project.name} to port {slot.port}"
+            async with journal.stage("record") as stage:
+                target = await deployments.activate(
+                    target.id, old_id=active.id if active else None, slot=slot
+                )
+                stage.message = f"v{target.version} is ACTIVE again"
+        except StageFailed:
+            await undo(engine, project, target, active, slot, switched, journal)
+            raise
+        await journal.note("live", f"v{target.version} live on {slot.color} (port {slot.port})")
+        await retire(engine, project, active, journal)
+        return target
+
+
+async def choose_target(
+    engine: Engine, project: str, active: Deployment | None, to: str | None
+) -> Deployment:
+    """The release to roll back to, or NothingToRollBack saying why there is none."""
+    deployments = engine.store.deployments
+    if to is not None:
+        target = await deployments.find(project, to)
+        if target is None:
+            raise NothingToRollBack(f"{project} has no release {to!r}")
+        if target.status is Status.ACTIVE:
+            raise NothingToRollBack(f"{project} v{target.version} is already live")
+        if target.status is not Status.ROLLED_BACK:
+            raise NothingToRollBack(
+                f"{project} v{target.version} was never live ({target.status}); "
+                "only a release that was live can be brought back"
+            )
+        if not target.image or not await engine.runtime.image_exists(target.image):
+            raise NothingToRollBack(f"the image of {project} v{target.version} no longer exists")
+        return target
+    for candidate in await deployments.once_live_before(
+        project, active.version if active else None
+    ):
+        if candidate.image and await engine.runtime.image_exists(candidate.image):
+            return candidate
+    below = f" before v{active.version}" if active else ""
+    raise NothingToRollBack(
+        f"{project} has no earlier release{below} with an image to roll back to"
+    )

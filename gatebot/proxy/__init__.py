@@ -1,0 +1,1 @@
+"""How traffic reaches the live slot: nginx configuration rendered and applied."""

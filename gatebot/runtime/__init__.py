@@ -1,0 +1,1 @@
+"""Where containers run: the Runtime interface and its Docker implementation."""

@@ -1,0 +1,82 @@
+"""The Runtime interface: what the pipeline needs from a container engine, nothing more."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+LABEL_MANAGED = "gatebot.managed"
+LABEL_PROJECT = "gatebot.project"
+LABEL_DEPLOYMENT = "gatebot.deployment"
+LABEL_COMMIT = "gatebot.commit"
+LABEL_COLOR = "gatebot.color"
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    context: Path
+    dockerfile: str
+    tag: str
+    labels: Mapping[str, str]
+    build_args: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    name: str
+    image: str
+    labels: Mapping[str, str]
+    env: Mapping[str, str]
+    network: Literal["bridge", "host"]
+    host_port: int
+    container_port: int
+    init: bool = True
+    log_max_size: str = "10m"
+    log_max_files: int = 3
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    name: str
+    status: str  # created | running | restarting | exited | paused | dead
+    running: bool
+    exit_code: int
+    restart_count: int
+    labels: Mapping[str, str]
+    image: str
+
+    @property
+    def managed(self) -> bool:
+        return self.labels.get(LABEL_MANAGED) == "true"
+
+
+class Runtime(Protocol):
+    async def ping(self) -> None:
+        """Raise RuntimeUnavailable when the engine does not answer."""
+
+    async def build(self, spec: BuildSpec, on_output: Callable[[str], None]) -> str:
+        """Build and tag an image; `on_output` gets each output line; return the image id."""
+
+    async def image_exists(self, tag: str) -> bool: ...
+
+    async def remove_image(self, tag: str) -> None: ...
+
+    async def project_images(self, project: str) -> list[str]:
+        """Tags of the images gatebot built for `project`."""
+
+    async def run(self, spec: ContainerSpec) -> None:
+        """Create and start a container; a gatebot-labelled leftover of that name is removed
+        first; any other container of that name raises NameConflict."""
+
+    async def state(self, name: str) -> ContainerState | None: ...
+
+    async def start(self, name: str) -> None: ...
+
+    async def logs(self, name: str, tail: int = 20) -> str: ...
+
+    async def stop_and_remove(self, name: str, timeout: int) -> None:
+        """Stop (SIGTERM, then SIGKILL after `timeout` s) and remove; absent is fine."""
+
+    async def managed_containers(self, project: str) -> list[ContainerState]: ...

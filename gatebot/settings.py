@@ -1,0 +1,333 @@
+"""The TOML configuration as pydantic models, and the one place gatebot reads the environment.
+
+`load_settings` turns a file into a validated `Settings` or raises `ConfigError` with a message
+that names the file, the key and the problem. Values written as ``"env:NAME"`` in secret fields
+(and in a project's ``env``) are read from the environment here, once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from gatebot.errors import ConfigError
+
+CONFIG_ENV = "GATEBOT_CONFIG"
+PROJECT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+_NGINX_TOKEN = re.compile(r"^[A-Za-z0-9_.:\[\]*~^$\\/-]+$")
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _from_env(value: Any, info: ValidationInfo) -> Any:
+    """Resolve ``"env:NAME"`` from the environment passed in the validation context."""
+    if isinstance(value, str) and value.startswith("env:"):
+        name = value[4:]
+        environ: Mapping[str, str] = (info.context or {}).get("environ", os.environ)
+        if name not in environ:
+            raise ValueError(f"environment variable {name} is not set")
+        return environ[name]
+    return value
+
+
+Secret = Annotated[SecretStr, BeforeValidator(_from_env)]
+EnvValue = Annotated[str, BeforeValidator(_from_env)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Model):
+    listen: str = "127.0.0.1:8088"
+    data_dir: Path = Path("/var/lib/gatebot")
+    public_url: str = "http://127.0.0.1:8088"
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be HOST:PORT, for example 127.0.0.1:8088")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class DockerSettings(_Model):
+    host: str | None = None  # resolved by load_settings: DOCKER_HOST, then the local socket
+
+
+class NginxSettings(_Model):
+    conf_dir: Path = Path("/etc/nginx/gatebot.d")
+    test_cmd: list[str] = Field(default_factory=lambda: ["nginx", "-t"], min_length=1)
+    reload_cmd: list[str] = Field(default_factory=lambda: ["nginx", "-s", "reload"], min_length=1)
+
+
+class HealthSettings(_Model):
+    path: str = "/health"
+    interval: float = Field(1.0, gt=0)
+    timeout: float = Field(2.0, gt=0)
+    retries: int = Field(30, ge=1)
+    start_period: float = Field(0.0, ge=0)
+    max_latency_ms: int = Field(1000, gt=0)
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/") or any(c.isspace() for c in value):
+            raise ValueError("must start with / and contain no spaces")
+        return value
+
+
+class SiteSettings(_Model):
+    """An optional nginx server block that proxies to the project's upstream."""
+
+    listen: str = "80"
+    server_name: str = "_"
+
+    @field_validator("listen", "server_name")
+    @classmethod
+    def _nginx_safe(cls, value: str) -> str:
+        for word in value.split():
+            if not _NGINX_TOKEN.match(word):
+                raise ValueError(f"{word!r} is not allowed in an nginx directive")
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+
+class ProjectSettings(_Model):
+    name: str
+    repo: str
+    branch: str = "main"
+    base_port: int = Field(ge=1, le=65534)
+    container_port: int = Field(3000, ge=1, le=65535)
+    network: Literal["bridge", "host"] = "bridge"
+    dockerfile: str = "Dockerfile"
+    context: str = "."
+    build_args: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, EnvValue] = Field(default_factory=dict)
+    env_file: Path | None = None
+    init: bool = True  # run an init process as PID 1, so the app gets SIGTERM on stop
+    drain_seconds: float = Field(5.0, ge=0)
+    stop_timeout: int = Field(10, ge=0)
+    keep_releases: int = Field(5, ge=1)
+    health: HealthSettings = Field(default_factory=HealthSettings)
+    site: SiteSettings | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not PROJECT_NAME.match(value):
+            raise ValueError(
+                "must match ^[a-z0-9][a-z0-9-]{0,39}$ (lower-case letters, digits, dashes)"
+            )
+        return value
+
+    @field_validator("repo")
+    @classmethod
+    def _repo(cls, value: str) -> str:
+        if not re.match(r"^(https?://|ssh://|file://|git@[^:]+:)", value):
+            raise ValueError("must be an https://, ssh://, git@host:path or file:// URL")
+        return value
+
+    @field_validator("branch")
+    @classmethod
+    def _branch(cls, value: str) -> str:
+        if not value or value.startswith("-") or any(c.isspace() for c in value) or ".." in value:
+            raise ValueError("is not a valid branch name")
+        return value
+
+    @field_validator("env", "build_args")
+    @classmethod
+    def _env_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not _ENV_KEY.match(key):
+                raise ValueError(f"{key!r} is not a valid variable name")
+        return value
+
+    @property
+    def ports(self) -> tuple[int, int]:
+        """(blue, green) slot ports."""
+        return self.base_port, self.base_port + 1
+
+
+class Settings(_Model):
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    docker: DockerSettings = Field(default_factory=DockerSettings)
+    nginx: NginxSettings = Field(default_factory=NginxSettings)
+    projects: list[ProjectSettings] = Field(default_factory=list)
+    _source: Path | None = PrivateAttr(None)
+    _project_env: dict[str, dict[str, str]] = PrivateAttr(default_factory=dict)
+
+    @property
+    def source(self) -> Path | None:
+        """The file these settings were read from."""
+        return self._source
+
+    def project(self, name: str) -> ProjectSettings:
+        from gatebot.errors import UnknownProject
+
+        for project in self.projects:
+            if project.name == name:
+                return project
+        raise UnknownProject(name)
+
+    @property
+    def docker_host(self) -> str:
+        return self.docker.host or "unix:///var/run/docker.sock"
+
+    def container_env(self, project: ProjectSettings) -> dict[str, str]:
+        """The project's environment: env_file first, then `env` on top."""
+        return {**self._project_env.get(project.name, {}), **project.env}
+
+
+# --- loading --------------------------------------------------------------------------------
+
+
+def config_path(cli_value: str | None, environ: Mapping[str, str] = os.environ) -> Path:
+    value = cli_value or environ.get(CONFIG_ENV)
+    if not value:
+        raise ConfigError(f"no configuration file: pass -c PATH or set {CONFIG_ENV}")
+    return Path(value)
+
+
+def load_settings(path: Path, environ: Mapping[str, str] = os.environ) -> Settings:
+    """Read, validate and resolve one configuration file, or raise ConfigError."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    return parse_settings(raw, source=path, environ=environ)
+
+
+def parse_settings(
+    raw: dict[str, Any], *, source: Path, environ: Mapping[str, str] = os.environ
+) -> Settings:
+    try:
+        settings = Settings.model_validate(raw, context={"environ": environ})
+    except ValidationError as exc:
+        lines = [f"{source}: {_where(err['loc'], raw)}: {_what(err)}" for err in exc.errors()]
+        raise ConfigError("\n".join(lines)) from None
+    _check_projects(settings, source)
+    base = source.parent
+    project_env = {
+        p.name: read_env_file(_relative(base, p.env_file), source, i)
+        for i, p in enumerate(settings.projects)
+        if p.env_file is not None
+    }
+    docker = DockerSettings(host=settings.docker.host or environ.get("DOCKER_HOST") or None)
+    resolved = settings.model_copy(
+        update={
+            "docker": docker,
+            "server": settings.server.model_copy(
+                update={"data_dir": _relative(base, settings.server.data_dir)}
+            ),
+            "nginx": settings.nginx.model_copy(
+                update={"conf_dir": _relative(base, settings.nginx.conf_dir)}
+            ),
+        }
+    )
+    resolved._source = source
+    resolved._project_env = project_env
+    return resolved
+
+
+def _relative(base: Path, path: Path) -> Path:
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def _check_projects(settings: Settings, source: Path) -> None:
+    seen_names: dict[str, int] = {}
+    seen_ports: dict[int, str] = {}
+    for i, project in enumerate(settings.projects):
+        where = f"{source}: projects[{i}] ({project.name})"
+        if project.name in seen_names:
+            raise ConfigError(
+                f"{where}.name: duplicate project name, also projects[{seen_names[project.name]}]"
+            )
+        seen_names[project.name] = i
+        for port in project.ports:
+            if port in seen_ports:
+                raise ConfigError(
+                    f"{where}.base_port: slot ports {project.base_port}-{project.base_port + 1} "
+                    f"overlap project {seen_ports[port]!r}"
+                )
+            seen_ports[port] = project.name
+
+
+def read_env_file(path: Path, source: Path, index: int) -> dict[str, str]:
+    """Parse KEY=VALUE lines (blank lines and # comments skipped, optional quotes stripped)."""
+    where = f"{source}: projects[{index}].env_file"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read {path}: {exc.strerror}") from None
+    env: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.removeprefix("export ").partition("=")
+        key = key.strip()
+        if not sep or not _ENV_KEY.match(key):
+            raise ConfigError(f"{where}: {path} line {number}: expected KEY=VALUE")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        env[key] = value
+    return env
+
+
+def _where(loc: tuple[int | str, ...], raw: dict[str, Any]) -> str:
+    out = ""
+    node: Any = raw
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            try:
+                node = node[part]
+                if isinstance(node, dict) and isinstance(node.get("name"), str):
+                    out += f" ({node['name']})"
+            except (IndexError, KeyError, TypeError):
+                node = None
+        else:
+            out += ("." if out else "") + part
+            node = node.get(part) if isinstance(node, dict) else None
+    return out or "(top level)"
+
+
+def _what(err: Any) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    message = str(err["msg"])
+    return message.removeprefix("Value error, ")

@@ -1,0 +1,43 @@
+"""The schema, as an append-only list of migrations; the database's user_version counts them.
+
+Never edit a migration that has shipped: add a new one.
+"""
+
+MIGRATIONS: list[str] = [
+    # 1: deployments and their step logs
+    """
+    CREATE TABLE deployments (
+        id INTEGER PRIMARY KEY,
+        project TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        commit_sha TEXT,
+        commit_message TEXT,
+        image TEXT,
+        container TEXT,
+        color TEXT CHECK (color IN ('blue', 'green')),
+        port INTEGER,
+        status TEXT NOT NULL
+            CHECK (status IN ('PENDING', 'DEPLOYING', 'ACTIVE', 'ROLLED_BACK', 'FAILED')),
+        error TEXT,
+        failed_stage TEXT,
+        trigger TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        activated_at TEXT,
+        finished_at TEXT,
+        UNIQUE (project, version)
+    );
+    CREATE UNIQUE INDEX deployments_one_active ON deployments (project) WHERE status = 'ACTIVE';
+    CREATE INDEX deployments_status ON deployments (status);
+    CREATE TABLE deployment_steps (
+        id INTEGER PRIMARY KEY,
+        deployment_id INTEGER NOT NULL REFERENCES deployments (id),
+        at TEXT NOT NULL,
+        stage TEXT NOT NULL,
+        message TEXT NOT NULL,
+        output TEXT,
+        duration REAL
+    );
+    CREATE INDEX deployment_steps_deployment ON deployment_steps (deployment_id, id)
+    """,
+]

@@ -1,0 +1,86 @@
+"""git behind an async interface: clone on first use, fetch afterwards, check out an exact SHA.
+
+gitpython blocks, so every call runs in a thread. Errors never carry credentials: URLs in
+messages are passed through `redact_url` first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import git
+
+from gatebot.errors import SourceError
+
+_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+_SHA = re.compile(r"^[0-9a-fA-F]{7,64}$")
+
+
+def redact_url(text: str) -> str:
+    """Hide ``user:password@`` in every URL inside `text`."""
+    return _CREDENTIALS.sub(r"\g<scheme>***@", text)
+
+
+@dataclass(frozen=True)
+class Checkout:
+    path: Path
+    sha: str
+    message: str
+
+
+class GitSource:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+
+    def path(self, project: str) -> Path:
+        return self.workdir / project
+
+    async def checkout(self, project: str, url: str, branch: str, sha: str | None) -> Checkout:
+        """Bring the project's working copy to `sha` (or the head of `branch`)."""
+        if sha is not None and not _SHA.match(sha):
+            raise SourceError(f"{sha!r} is not a commit SHA (7 to 64 hex digits)")
+        return await asyncio.to_thread(self._checkout, project, url, branch, sha)
+
+    def _checkout(self, project: str, url: str, branch: str, sha: str | None) -> Checkout:
+        path = self.path(project)
+        try:
+            repo = self._open_or_clone(path, url)
+            repo.git.fetch(
+                "--prune", "origin", f"+refs/heads/{branch}:refs/remotes/origin/{branch}"
+            )
+            target = sha or f"refs/remotes/origin/{branch}"
+            try:
+                commit = repo.commit(target)
+            except (git.BadName, ValueError):
+                if sha is None:
+                    raise SourceError(f"branch {branch!r} not found in the repository") from None
+                # Not on the branch (force-pushed away, or another ref): ask for it directly.
+                try:
+                    repo.git.fetch("origin", sha)
+                    commit = repo.commit(sha)
+                except (git.GitCommandError, git.BadName, ValueError):
+                    raise SourceError(f"commit {sha} not found in the repository") from None
+            repo.git.checkout("--force", "--detach", commit.hexsha)
+            repo.git.clean("-ffdx")
+            message = str(commit.message).strip().splitlines()[0] if commit.message else ""
+            return Checkout(path=path, sha=commit.hexsha, message=message)
+        except git.GitCommandError as exc:
+            detail = redact_url(str(exc.stderr or exc).strip())
+            raise SourceError(
+                f"git {exc.command[1] if exc.command else ''} failed: {detail}"
+            ) from None
+
+    def _open_or_clone(self, path: Path, url: str) -> git.Repo:
+        if (path / ".git").is_dir():
+            repo = git.Repo(path)
+            if repo.remotes.origin.url != url:
+                repo.remotes.origin.set_url(url)
+            return repo
+        if path.exists():
+            shutil.rmtree(path)  # a half-made clone from an interrupted first run
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return git.Repo.clone_from(url, path, no_checkout=True)

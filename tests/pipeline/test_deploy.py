@@ -1,0 +1,193 @@
+"""The blue-green deploy against a real Docker engine, a real nginx and a real git repository."""
+
+from __future__ import annotations
+
+import asyncio
+
+import docker
+import pytest
+
+from gatebot.errors import LockHeld, StageFailed
+from gatebot.pipeline.deploy import deploy
+from gatebot.pipeline.engine import Engine
+from gatebot.pipeline.status import Status
+from gatebot.wiring import open_engine
+from tests.conftest import Setup
+from tests.http import get_text, steady_load
+
+CRASHING = "#!/bin/sh\necho 'fatal: cannot open database' >&2\nexit 3\n"
+SLOW_HEALTH = (
+    "#!/bin/sh\n"
+    "rm -f /www/health\n"
+    "printf '#!/bin/sh\\nsleep 0.6\\nprintf \"Content-Type: text/plain\\\\r\\\\n\\\\r\\\\nok\\\\n\"\\n'"
+    " > /www/cgi-bin/health\n"
+    "chmod +x /www/cgi-bin/health\n"
+    'exec httpd -f -p "$PORT" -h /www\n'
+)
+
+
+async def live_version(setup: Setup) -> str:
+    status, body = await get_text(f"{setup.site_url}/version")
+    assert status == 200
+    return body
+
+
+def container_names(client: docker.DockerClient, project: str) -> set[str]:
+    return {
+        c.name
+        for c in client.containers.list(all=True, filters={"label": f"gatebot.project={project}"})
+    }
+
+
+async def test_first_deploy_is_blue_then_green_retires_blue(
+    engine: Engine, setup: Setup, docker_client: docker.DockerClient
+) -> None:
+    sha1 = setup.repo.commit("v1")
+    first = await deploy(engine, setup.name, trigger="test")
+    assert (first.status, first.color, first.port, first.version) == (
+        Status.ACTIVE,
+        "blue",
+        setup.base_port,
+        1,
+    )
+    assert first.commit_sha == sha1
+    assert first.image == f"gatebot/{setup.name}:1-{sha1[:12]}"
+    assert await live_version(setup) == "v1"
+
+    sha2 = setup.repo.commit("v2")
+    second = await deploy(engine, setup.name, trigger="test")
+    assert (second.color, second.port, second.version, second.commit_sha) == (
+        "green",
+        setup.base_port + 1,
+        2,
+        sha2,
+    )
+    assert await live_version(setup) == "v2"
+    assert container_names(docker_client, setup.name) == {f"gatebot-{setup.name}-green"}
+    old = await engine.store.deployments.require(first.id)
+    assert old.status is Status.ROLLED_BACK
+    assert await engine.runtime.image_exists(first.image or ""), "old image kept for rollback"
+    stages = [s.stage for s in await engine.store.deployments.steps(second.id)]
+    for stage in ("source", "build", "run", "health", "switch", "record", "drain"):
+        assert stage in stages
+
+
+async def test_deploy_of_an_exact_sha_that_is_not_the_head(engine: Engine, setup: Setup) -> None:
+    old_sha = setup.repo.commit("v1")
+    setup.repo.commit("v2")
+    deployment = await deploy(engine, setup.name, sha=old_sha, trigger="test")
+    assert deployment.commit_sha == old_sha
+    assert await live_version(setup) == "v1"
+
+
+async def test_failed_health_check_keeps_the_old_release_serving(
+    engine: Engine, setup: Setup, docker_client: docker.DockerClient
+) -> None:
+    setup.repo.commit("v1")
+    first = await deploy(engine, setup.name, trigger="test")
+    setup.repo.commit("v2-broken", healthy=False)
+    engine.settings = setup.settings(health={"retries": 5, "interval": 0.1})
+    with pytest.raises(StageFailed) as caught:
+        await deploy(engine, setup.name, trigger="test")
+    assert caught.value.stage == "health"
+    assert "HTTP 404" in caught.value.reason
+    history = await engine.store.deployments.history(setup.name)
+    assert history[0].status is Status.FAILED and history[0].failed_stage == "health"
+    assert (await engine.store.deployments.require(first.id)).status is Status.ACTIVE
+    assert await live_version(setup) == "v1"
+    assert container_names(docker_client, setup.name) == {f"gatebot-{setup.name}-blue"}
+
+
+async def test_answer_slower_than_the_latency_limit_fails(engine: Engine, setup: Setup) -> None:
+    setup.repo.commit("v1")
+    await deploy(engine, setup.name, trigger="test")
+    setup.repo.commit("v2-slow", start_script=SLOW_HEALTH)
+    engine.settings = setup.settings(
+        health={"path": "/cgi-bin/health", "retries": 3, "max_latency_ms": 300, "timeout": 3.0}
+    )
+    with pytest.raises(StageFailed) as caught:
+        await deploy(engine, setup.name, trigger="test")
+    assert caught.value.stage == "health"
+    assert "over the 300 ms limit" in caught.value.reason
+    assert await live_version(setup) == "v1"
+
+
+async def test_crash_looping_container_fails_fast_with_its_logs(
+    engine: Engine, setup: Setup, docker_client: docker.DockerClient
+) -> None:
+    setup.repo.commit("v1")
+    await deploy(engine, setup.name, trigger="test")
+    setup.repo.commit("v2-crash", start_script=CRASHING)
+    # 600 retries at 0.1 s would take a minute; failing fast means the first inspection.
+    engine.settings = setup.settings(health={"retries": 600, "interval": 0.1})
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(StageFailed) as caught:
+        await deploy(engine, setup.name, trigger="test")
+    assert caught.value.stage == "health"
+    assert "cannot open database" in caught.value.reason
+    assert loop.time() - started < 30
+    assert await live_version(setup) == "v1"
+    assert container_names(docker_client, setup.name) == {f"gatebot-{setup.name}-blue"}
+
+
+async def test_nginx_test_failure_restores_the_previous_file(engine: Engine, setup: Setup) -> None:
+    setup.repo.commit("v1")
+    await deploy(engine, setup.name, trigger="test")
+    conf = setup.nginx.conf_dir / f"{setup.name}.conf"
+    before = conf.read_text()
+    setup.repo.commit("v2")
+    broken = setup.nginx.conf_dir / "zz-broken.conf"
+    broken.write_text("this is not nginx syntax\n")
+    with pytest.raises(StageFailed) as caught:
+        await deploy(engine, setup.name, trigger="test")
+    broken.unlink()
+    assert caught.value.stage == "switch"
+    assert "zz-broken.conf" in caught.value.reason
+    assert conf.read_text() == before
+    assert await live_version(setup) == "v1"
+
+
+async def test_second_deploy_while_one_runs_fails_with_a_lock_error(
+    engine: Engine, setup: Setup
+) -> None:
+    setup.repo.commit("v1")
+    first = asyncio.create_task(deploy(engine, setup.name, trigger="first"))
+    while engine.locks.holder(setup.name) is None:
+        await asyncio.sleep(0.01)
+    with pytest.raises(LockHeld) as caught:
+        await deploy(engine, setup.name, trigger="second")
+    assert "deploy by first" in str(caught.value)
+    assert (await first).status is Status.ACTIVE
+    assert len(await engine.store.deployments.history(setup.name)) == 1
+
+
+async def test_unknown_commit_fails_at_source_and_changes_nothing(
+    engine: Engine, setup: Setup
+) -> None:
+    setup.repo.commit("v1")
+    await deploy(engine, setup.name, trigger="test")
+    with pytest.raises(StageFailed) as caught:
+        await deploy(engine, setup.name, sha="0123456789abcdef0123", trigger="test")
+    assert caught.value.stage == "source"
+    assert await live_version(setup) == "v1"
+
+
+async def test_no_failed_request_across_five_deploys(setup: Setup) -> None:
+    settings = setup.settings(drain_seconds=1.0)
+    async with open_engine(settings) as engine:
+        setup.repo.commit("v0")
+        await deploy(engine, setup.name, trigger="test")
+        stop = asyncio.Event()
+        urls = [f"{setup.site_url}/version", f"{setup.site_url}/cgi-bin/slow"]
+        load = asyncio.create_task(steady_load(urls, stop))
+        for n in range(1, 6):
+            setup.repo.commit(f"v{n}")
+            await deploy(engine, setup.name, trigger="test")
+        await asyncio.sleep(0.5)
+        stop.set()
+        result = await load
+    assert result.failures == []
+    assert result.ok > 50
+    assert {"v0", "v5"} <= result.bodies
+    assert await live_version(setup) == "v5"
