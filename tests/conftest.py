@@ -11,6 +11,7 @@ from typing import Any
 import docker
 import pytest
 
+from gatebot.devtools import free_port
 from gatebot.pipeline.engine import Engine
 from gatebot.runtime.base import LABEL_PROJECT
 from gatebot.settings import Settings
@@ -19,7 +20,6 @@ from tests.harness import (
     BUSYBOX,
     Nginx,
     SampleRepo,
-    free_port,
     free_port_pair,
     make_settings,
     project_config,

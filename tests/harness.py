@@ -4,13 +4,13 @@ free loopback ports, and settings that tie them together. Written once, used by 
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gatebot import devtools
 from gatebot.settings import Settings, parse_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,32 +18,12 @@ SAMPLE_APP = ROOT / "scripts" / "sample-app"
 BUSYBOX = Path("/bin/busybox")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _is_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
 _used: set[int] = set()
 
 
 def free_port_pair() -> int:
-    """A base port whose next port is free too (blue and green slots)."""
-    for _ in range(200):
-        base = free_port()
-        if base + 1 < 65535 and base not in _used and base + 1 not in _used and _is_free(base + 1):
-            _used.update({base, base + 1})
-            return base
-    raise RuntimeError("no two consecutive free ports")
+    """A base port whose next port is free too (blue and green slots), unique in this run."""
+    return devtools.free_port_pair(_used)
 
 
 @dataclass
@@ -59,27 +39,8 @@ class Nginx:
         self.conf = self.prefix / "nginx.conf"
         (self.prefix / "logs").mkdir(parents=True, exist_ok=True)
         self.conf_dir.mkdir(parents=True, exist_ok=True)
-        temp = self.prefix / "tmp"
-        temp.mkdir(exist_ok=True)
-        self.conf.write_text(
-            f"""
-user root;
-worker_processes 1;
-daemon on;
-pid {self.prefix}/nginx.pid;
-error_log {self.prefix}/logs/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {temp}/body;
-    proxy_temp_path {temp}/proxy;
-    fastcgi_temp_path {temp}/fastcgi;
-    uwsgi_temp_path {temp}/uwsgi;
-    scgi_temp_path {temp}/scgi;
-    include {self.conf_dir}/*.conf;
-}}
-"""
-        )
+        (self.prefix / "tmp").mkdir(exist_ok=True)
+        self.conf.write_text(devtools.nginx_conf(self.prefix))
 
     @property
     def base_cmd(self) -> list[str]:
@@ -158,8 +119,9 @@ class SampleRepo:
         return self._git("rev-parse", "HEAD")
 
 
-def project_config(name: str, repo: SampleRepo, base_port: int, site_port: int,
-                   **overrides: Any) -> dict[str, Any]:
+def project_config(
+    name: str, repo: SampleRepo, base_port: int, site_port: int, **overrides: Any
+) -> dict[str, Any]:
     health = {"interval": 0.1, "timeout": 1.0, "retries": 50, "max_latency_ms": 1000}
     health.update(overrides.pop("health", {}))
     return {

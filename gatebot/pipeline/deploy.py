@@ -124,6 +124,7 @@ async def undo(
     if switched:
         with contextlib.suppress(GatebotError):
             await engine.proxy.apply(project.name, engine.nginx_conf(project, active))
+            await asyncio.sleep(project.drain_seconds)
     if slot is None:
         return
     with contextlib.suppress(GatebotError):

@@ -1,16 +1,19 @@
 """Start-up reconciliation: make Docker and nginx agree with the database after any crash.
 
 For each project, under its lock (a project another process is deploying is left alone):
-1. a deployment caught PENDING or DEPLOYING is marked FAILED and its container removed;
+1. a deployment caught PENDING or DEPLOYING is marked FAILED;
 2. the ACTIVE deployment's container is started (or recreated) if it is not running, and
    health-checked; only if that fails is it marked FAILED;
-3. gatebot's containers of the project that belong to no ACTIVE deployment are removed;
-4. the project's nginx file is rendered from the database, and nginx reloaded if it changed.
+3. the project's nginx file is rendered from the database, and nginx reloaded if it changed
+   (then `drain_seconds` pass, so requests in flight finish);
+4. gatebot's containers of the project that belong to no ACTIVE deployment are removed,
+   the interrupted deployment's among them.
 Afterwards nginx sends every project to its ACTIVE container, which is running.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 
@@ -79,6 +82,11 @@ async def reconcile_project(
         elif outcome == "restarted":
             report.restarted.append(active.id)
 
+    # Route to the live release first, so nothing removed below is still receiving traffic.
+    if await engine.proxy.apply(project.name, engine.nginx_conf(project, active)):
+        report.nginx_changed.append(project.name)
+        await asyncio.sleep(project.drain_seconds)
+
     for container in await engine.runtime.managed_containers(project.name):
         belongs = active is not None and container.labels.get(LABEL_DEPLOYMENT) == str(active.id)
         if not belongs:
@@ -86,17 +94,11 @@ async def reconcile_project(
             report.removed_containers.append(container.name)
             log.info("removed stray container %s", container.name, extra={"project": project.name})
 
-    if await engine.proxy.apply(project.name, engine.nginx_conf(project, active)):
-        report.nginx_changed.append(project.name)
-
 
 async def _fail_interrupted(engine: Engine, deployment: Deployment) -> None:
+    """Mark FAILED; its container, if any, goes with the strays once nginx is right."""
     steps = await engine.store.deployments.steps(deployment.id)
     stage = steps[-1].stage if steps else "queued"
-    if deployment.container:
-        state = await engine.runtime.state(deployment.container)
-        if state is not None and state.labels.get(LABEL_DEPLOYMENT) == str(deployment.id):
-            await engine.runtime.stop_and_remove(deployment.container, timeout=0)
     await engine.store.deployments.fail(
         deployment.id, stage=stage, error="interrupted: gatebot stopped during this deployment"
     )

@@ -16,20 +16,24 @@ from tests.conftest import Setup
 from tests.http import get_text, steady_load
 
 CRASHING = "#!/bin/sh\necho 'fatal: cannot open database' >&2\nexit 3\n"
-SLOW_HEALTH = (
-    "#!/bin/sh\n"
-    "rm -f /www/health\n"
-    "printf '#!/bin/sh\\nsleep 0.6\\nprintf \"Content-Type: text/plain\\\\r\\\\n\\\\r\\\\nok\\\\n\"\\n'"
-    " > /www/cgi-bin/health\n"
-    "chmod +x /www/cgi-bin/health\n"
-    'exec httpd -f -p "$PORT" -h /www\n'
-)
 
 
 async def live_version(setup: Setup) -> str:
     status, body = await get_text(f"{setup.site_url}/version")
     assert status == 200
     return body
+
+
+async def eventually_live(setup: Setup, expected: str, within: float = 5.0) -> str:
+    """The version served through nginx once a reload has taken effect (nginx reloads are
+    asynchronous: the command returns before the new workers answer)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    seen = await live_version(setup)
+    while seen != expected and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+        seen = await live_version(setup)
+    return seen
 
 
 def container_names(client: docker.DockerClient, project: str) -> set[str]:
@@ -101,9 +105,10 @@ async def test_failed_health_check_keeps_the_old_release_serving(
 async def test_answer_slower_than_the_latency_limit_fails(engine: Engine, setup: Setup) -> None:
     setup.repo.commit("v1")
     await deploy(engine, setup.name, trigger="test")
-    setup.repo.commit("v2-slow", start_script=SLOW_HEALTH)
+    setup.repo.commit("v2")
+    # The sample app's /cgi-bin/slow answers 200 after half a second.
     engine.settings = setup.settings(
-        health={"path": "/cgi-bin/health", "retries": 3, "max_latency_ms": 300, "timeout": 3.0}
+        health={"path": "/cgi-bin/slow", "retries": 3, "max_latency_ms": 300, "timeout": 3.0}
     )
     with pytest.raises(StageFailed) as caught:
         await deploy(engine, setup.name, trigger="test")
@@ -152,9 +157,12 @@ async def test_second_deploy_while_one_runs_fails_with_a_lock_error(
     engine: Engine, setup: Setup
 ) -> None:
     setup.repo.commit("v1")
-    first = asyncio.create_task(deploy(engine, setup.name, trigger="first"))
-    while engine.locks.holder(setup.name) is None:
-        await asyncio.sleep(0.01)
+    running = asyncio.Event()
+    first = asyncio.create_task(
+        deploy(engine, setup.name, trigger="first", listeners=[lambda _event: running.set()])
+    )
+    await running.wait()
+    assert engine.locks.holder(setup.name) is not None
     with pytest.raises(LockHeld) as caught:
         await deploy(engine, setup.name, trigger="second")
     assert "deploy by first" in str(caught.value)

@@ -1,0 +1,162 @@
+"""The `gatebot` command, run as a real process against real Docker, nginx and git."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import Setup
+from tests.harness import write_config
+
+
+def gatebot(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gatebot", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def config_file(setup: Setup, **overrides: Any) -> Path:
+    return write_config(
+        setup.tmp_path / "gatebot.toml", setup.data_dir, setup.nginx, [setup.project(**overrides)]
+    )
+
+
+def test_check_config_prints_the_resolved_projects(setup: Setup) -> None:
+    path = config_file(setup)
+    result = gatebot("-c", str(path), "check-config")
+    assert result.returncode == 0, result.stderr
+    assert f"{setup.name}: {setup.repo.url} @ main" in result.stdout
+    assert f"blue :{setup.base_port}, green :{setup.base_port + 1}" in result.stdout
+
+
+def test_config_from_the_environment_variable(setup: Setup) -> None:
+    path = config_file(setup)
+    result = gatebot("check-config", env={"GATEBOT_CONFIG": str(path)})
+    assert result.returncode == 0, result.stderr
+
+
+def test_bad_config_names_file_and_key_and_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[[projects]]\nname = "shop"\nrepo = "file:///x"\nbase_port = "high"\n')
+    result = gatebot("-c", str(path), "check-config")
+    assert result.returncode == 2
+    assert f"{path}: projects[0] (shop).base_port:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_deploy_status_history_rollback(setup: Setup) -> None:
+    path = config_file(setup)
+    sha1 = setup.repo.commit("v1")
+    first = gatebot("-c", str(path), "deploy", setup.name)
+    assert first.returncode == 0, first.stderr
+    for stage in ("source", "build", "run", "health", "switch"):
+        assert f"  {stage} " in first.stdout
+    assert f"v1 ({sha1[:12]}) live on blue" in first.stdout
+
+    sha2 = setup.repo.commit("v2")
+    assert gatebot("-c", str(path), "deploy", setup.name, "--sha", sha2).returncode == 0
+
+    status = gatebot("-c", str(path), "status", "--json")
+    assert status.returncode == 0, status.stderr
+    active = json.loads(status.stdout)["projects"][0]["active"]
+    assert {k: active[k] for k in ("version", "commit", "color", "port", "container")} == {
+        "version": 2,
+        "commit": sha2,
+        "color": "green",
+        "port": setup.base_port + 1,
+        "container": f"gatebot-{setup.name}-green",
+    }
+    assert active["image"] == f"gatebot/{setup.name}:2-{sha2[:12]}"
+
+    back = gatebot("-c", str(path), "rollback", setup.name)
+    assert back.returncode == 0, back.stderr
+    assert "v1" in back.stdout and "live on blue" in back.stdout
+
+    history = json.loads(gatebot("-c", str(path), "history", setup.name, "--json").stdout)
+    assert [(d["version"], d["status"]) for d in history["deployments"]] == [
+        (2, "ROLLED_BACK"),
+        (1, "ACTIVE"),
+    ]
+    text = gatebot("-c", str(path), "status", setup.name).stdout
+    assert text.startswith(f"{setup.name}: v1 {sha1[:12]} on blue")
+
+
+def test_failed_deploy_exits_non_zero_with_the_reason(setup: Setup) -> None:
+    path = config_file(setup, health={"retries": 2})
+    setup.repo.commit("broken", healthy=False)
+    result = gatebot("-c", str(path), "deploy", setup.name)
+    assert result.returncode == 1
+    assert "health failed" in result.stderr and "HTTP 404" in result.stderr
+
+
+def test_unknown_project_is_one_line_and_exit_2(setup: Setup) -> None:
+    result = gatebot("-c", str(config_file(setup)), "deploy", "nope")
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip() == "gatebot: unknown project 'nope': it is not in the configuration"
+    )
+
+
+def test_unreachable_docker_engine_is_one_clear_line(setup: Setup) -> None:
+    path = config_file(setup)
+    result = gatebot(
+        "-c",
+        str(path),
+        "deploy",
+        setup.name,
+        env={"DOCKER_HOST": f"unix://{setup.tmp_path}/no-such.sock"},
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert (
+        len(lines) == 1 and "Docker engine at unix://" in lines[0] and "not reachable" in lines[0]
+    )
+
+
+def test_missing_nginx_is_one_clear_line(setup: Setup) -> None:
+    raw = config_file(setup).read_text()
+    path = setup.tmp_path / "nonginx.toml"
+    path.write_text(raw.replace('test_cmd = ["nginx"', 'test_cmd = ["/nonexistent/nginx"'))
+    result = gatebot("-c", str(path), "deploy", setup.name)
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip()
+        == "gatebot: command not found: /nonexistent/nginx (is nginx installed?)"
+    )
+
+
+def test_deploy_while_the_project_is_locked_exits_3(setup: Setup) -> None:
+    path = config_file(setup)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import asyncio, sys\n"
+            "from pathlib import Path\n"
+            "from gatebot.pipeline.lock import ProjectLocks\n"
+            "async def main():\n"
+            f"    async with ProjectLocks(Path({str(setup.data_dir / 'locks')!r})).hold("
+            f"{setup.name!r}, 'deploy by someone-else'):\n"
+            "        print('locked', flush=True)\n"
+            "        await asyncio.sleep(60)\n"
+            "asyncio.run(main())\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        result = gatebot("-c", str(path), "deploy", setup.name)
+        assert result.returncode == 3
+        assert "busy: deploy by someone-else" in result.stderr
+    finally:
+        holder.kill()
+        holder.wait()
