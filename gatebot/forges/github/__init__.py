@@ -1,0 +1,1 @@
+"""GitHub: webhook verification and parsing (sansio)."""
