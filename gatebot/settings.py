@@ -24,6 +24,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from gatebot.errors import ConfigError
@@ -57,6 +58,7 @@ class ServerSettings(_Model):
     listen: str = "127.0.0.1:8088"
     data_dir: Path = Path("/var/lib/gatebot")
     public_url: str = "http://127.0.0.1:8088"
+    max_body_bytes: int = Field(25 * 1024 * 1024, ge=1024)  # larger webhook bodies get 413
 
     @field_validator("listen")
     @classmethod
@@ -83,6 +85,36 @@ class NginxSettings(_Model):
     conf_dir: Path = Path("/etc/nginx/gatebot.d")
     test_cmd: list[str] = Field(default_factory=lambda: ["nginx", "-t"], min_length=1)
     reload_cmd: list[str] = Field(default_factory=lambda: ["nginx", "-s", "reload"], min_length=1)
+
+
+class QueueSettings(_Model):
+    max_concurrent: int = Field(2, ge=1)  # deploys running at once, across projects
+    paused: bool = False  # accept and queue jobs, run none (maintenance)
+    shutdown_timeout: float = Field(600.0, ge=0)  # on SIGTERM, how long running deploys get
+    busy_retry_seconds: float = Field(2.0, gt=0)  # a project locked elsewhere: retry after
+
+
+class GitHubSettings(_Model):
+    webhook_secret: Secret | None = None
+    api_url: str = "https://api.github.com"  # GitHub Enterprise Server: https://HOST/api/v3
+    token: Secret | None = None  # a token, or the App below
+    app_id: int | None = None
+    private_key_file: Path | None = None
+    installation_id: int | None = None  # else from the webhook's installation.id
+    bot_login: str | None = None  # gatebot's own account; its comments are ignored
+    request_timeout: float = Field(10.0, gt=0)
+    retry_for_seconds: float = Field(120.0, ge=0)  # give up on a status after this long
+
+
+class GitLabSettings(_Model):
+    webhook_token: Secret | None = None  # compared with X-Gitlab-Token
+    webhook_signing_token: Secret | None = None  # whsec_... (signed deliveries)
+    api_url: str = "https://gitlab.com/api/v4"
+    token: Secret | None = None  # sent as PRIVATE-TOKEN
+    min_access_level: int = Field(30, ge=10, le=50)  # 30 Developer, 40 Maintainer
+    bot_username: str | None = None  # gatebot's own account; its comments are ignored
+    request_timeout: float = Field(10.0, gt=0)
+    retry_for_seconds: float = Field(120.0, ge=0)
 
 
 class HealthSettings(_Model):
@@ -136,6 +168,10 @@ class ProjectSettings(_Model):
     keep_releases: int = Field(5, ge=1)
     health: HealthSettings = Field(default_factory=HealthSettings)
     site: SiteSettings | None = None
+    forge: Literal["github", "gitlab"] = "github"
+    forge_repo: str | None = None  # "acme/shop"; default: from the repo URL
+    webhook_secret: Secret | None = None  # overrides [github] webhook_secret / [gitlab] token
+    allow: list[str] = Field(default_factory=list)  # may /rollback without forge permission
 
     @field_validator("name")
     @classmethod
@@ -168,6 +204,14 @@ class ProjectSettings(_Model):
                 raise ValueError(f"{key!r} is not a valid variable name")
         return value
 
+    @model_validator(mode="after")
+    def _default_forge_repo(self) -> ProjectSettings:
+        if self.forge_repo is None:
+            from gatebot.forges import repo_from_url
+
+            object.__setattr__(self, "forge_repo", repo_from_url(self.repo))
+        return self
+
     @property
     def ports(self) -> tuple[int, int]:
         """(blue, green) slot ports."""
@@ -178,6 +222,9 @@ class Settings(_Model):
     server: ServerSettings = Field(default_factory=ServerSettings)
     docker: DockerSettings = Field(default_factory=DockerSettings)
     nginx: NginxSettings = Field(default_factory=NginxSettings)
+    queue: QueueSettings = Field(default_factory=QueueSettings)
+    github: GitHubSettings = Field(default_factory=GitHubSettings)
+    gitlab: GitLabSettings = Field(default_factory=GitLabSettings)
     projects: list[ProjectSettings] = Field(default_factory=list)
     _source: Path | None = PrivateAttr(None)
     _project_env: dict[str, dict[str, str]] = PrivateAttr(default_factory=dict)
@@ -186,6 +233,15 @@ class Settings(_Model):
     def source(self) -> Path | None:
         """The file these settings were read from."""
         return self._source
+
+    def projects_for(self, forge: str, repo: str) -> list[ProjectSettings]:
+        """The projects that track `repo` on `forge` (names compared case-insensitively)."""
+        wanted = repo.lower()
+        return [
+            p
+            for p in self.projects
+            if p.forge == forge and p.forge_repo is not None and p.forge_repo.lower() == wanted
+        ]
 
     def project(self, name: str) -> ProjectSettings:
         from gatebot.errors import UnknownProject
