@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--limit", type=int, default=20)
 
     commands.add_parser("check-config", help="validate the configuration and print the projects")
+    commands.add_parser("serve", help="run the webhook server and the deploy queue")
     reconcile = commands.add_parser(
         "reconcile", help="repair Docker and nginx state from the database (also run at start)"
     )
@@ -68,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(config_path(args.config))
         if args.command == "check-config":
             return check_config(settings, sys.stdout)
+        if args.command == "serve":
+            return serve(settings, verbose=args.verbose)
         return asyncio.run(run_command(settings, args, sys.stdout))
     except (ConfigError, UnknownProject) as exc:
         print(f"gatebot: {exc}", file=sys.stderr)
@@ -84,6 +87,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("gatebot: interrupted; the next start repairs any half-done deploy", file=sys.stderr)
         return 130
+
+
+def serve(settings: Settings, *, verbose: bool) -> int:
+    """Run until SIGTERM or SIGINT; running deploys finish first, queued jobs stay queued."""
+    from aiohttp import web
+
+    from gatebot.app import create_app
+
+    logging.getLogger().setLevel(logging.DEBUG if verbose else logging.INFO)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    log = logging.getLogger("gatebot")
+    log.info("gatebot serving on http://%s", settings.server.listen)
+    web.run_app(
+        create_app(settings),
+        host=settings.server.host,
+        port=settings.server.port,
+        print=None,
+        access_log=None,
+        shutdown_timeout=10,
+    )
+    log.info("gatebot stopped")
+    return EXIT_OK
 
 
 def check_config(settings: Settings, out: TextIO) -> int:

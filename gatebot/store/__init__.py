@@ -11,20 +11,33 @@ from pathlib import Path
 
 from gatebot.store.db import Database
 from gatebot.store.deployments import Deployment, Deployments, Step
+from gatebot.store.jobs import Deliveries, Job, Jobs, NewJob
 
 
 @dataclass(frozen=True)
 class Store:
     db: Database
     deployments: Deployments
+    jobs: Jobs
+    deliveries: Deliveries
 
     @classmethod
     async def open(cls, path: Path) -> Store:
         db = await Database.open(path)
-        return cls(db=db, deployments=Deployments(db))
+        return cls(db=db, deployments=Deployments(db), jobs=Jobs(db), deliveries=Deliveries(db))
 
     async def close(self) -> None:
         await self.db.close()
 
 
-__all__ = ["Database", "Deployment", "Deployments", "Step", "Store"]
+__all__ = [
+    "Database",
+    "Deliveries",
+    "Deployment",
+    "Deployments",
+    "Job",
+    "Jobs",
+    "NewJob",
+    "Step",
+    "Store",
+]

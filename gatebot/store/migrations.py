@@ -40,4 +40,37 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX deployment_steps_deployment ON deployment_steps (deployment_id, id)
     """,
+    # 2: the durable job queue and the webhook deliveries seen (for de-duplication)
+    """
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY,
+        project TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('deploy', 'rollback')),
+        sha TEXT,
+        target TEXT,
+        state TEXT NOT NULL CHECK (state IN
+            ('queued', 'running', 'succeeded', 'failed', 'superseded', 'cancelled')),
+        trigger TEXT NOT NULL,
+        delivery_id TEXT,
+        context TEXT NOT NULL DEFAULT '{}',
+        deployment_id INTEGER REFERENCES deployments (id),
+        error TEXT,
+        superseded_by INTEGER REFERENCES jobs (id),
+        retry_of INTEGER REFERENCES jobs (id),
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        started_at TEXT,
+        finished_at TEXT
+    );
+    CREATE INDEX jobs_state ON jobs (state, project);
+    CREATE INDEX jobs_project ON jobs (project, id);
+    CREATE TABLE deliveries (
+        forge TEXT NOT NULL,
+        delivery_id TEXT NOT NULL,
+        event TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        received_at TEXT NOT NULL,
+        PRIMARY KEY (forge, delivery_id)
+    )
+    """,
 ]

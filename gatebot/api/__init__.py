@@ -1,0 +1,1 @@
+"""gatebot's HTTP surface: one router per concern, composed in gatebot.app."""

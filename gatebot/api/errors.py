@@ -1,0 +1,75 @@
+"""One error shape for every HTTP answer gatebot gives: {"error": code, "message": text}."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from gatebot.forges.errors import WebhookRejected
+
+log = logging.getLogger("gatebot.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "unprocessable",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+def error_response(status: int, message: str, **extra: object) -> web.Response:
+    return web.json_response(
+        {"error": CODES.get(status, "error"), "message": message, **extra}, status=status
+    )
+
+
+def delivery_of(request: web.Request) -> str | None:
+    for name in ("X-GitHub-Delivery", "Idempotency-Key", "webhook-id", "X-Gitlab-Event-UUID"):
+        if name in request.headers:
+            return request.headers[name][:200]
+    return None
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure into the shared error shape; never a stack trace, never a secret."""
+    try:
+        return await handler(request)
+    except WebhookRejected as rejected:
+        log.warning(
+            "%s %s rejected (%d): %s",
+            request.method,
+            request.path,
+            rejected.status,
+            rejected,
+            extra={"delivery": delivery_of(request)},
+        )
+        return error_response(rejected.status, rejected.public_message)
+    except web.HTTPException as http:
+        if http.status < 400:
+            raise
+        log.info(
+            "%s %s: %d %s",
+            request.method,
+            request.path,
+            http.status,
+            http.reason,
+            extra={"delivery": delivery_of(request)},
+        )
+        return error_response(http.status, http.reason or "error")
+    except Exception:
+        log.exception(
+            "%s %s failed", request.method, request.path, extra={"delivery": delivery_of(request)}
+        )
+        return error_response(500, "internal error; see gatebot's log")

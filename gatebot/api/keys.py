@@ -1,0 +1,13 @@
+"""Typed keys for what the app factory puts on the aiohttp Application."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gatebot.pipeline.engine import Engine
+from gatebot.queue import JobQueue
+from gatebot.settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+ENGINE = web.AppKey("engine", Engine)
+QUEUE = web.AppKey("queue", JobQueue)

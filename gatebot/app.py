@@ -1,0 +1,92 @@
+"""The aiohttp application factory: the one place the server's parts are wired together.
+
+`create_app(settings)` builds the app; its cleanup context opens the engine (database, Docker),
+runs start-up reconciliation and recovers interrupted jobs before deploys run, starts the queue,
+and on shutdown lets running deploys finish (bounded by [queue] shutdown_timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+
+from gatebot.api import probes, webhooks
+from gatebot.api.errors import error_middleware
+from gatebot.api.keys import ENGINE, QUEUE, SETTINGS
+from gatebot.errors import RuntimeUnavailable
+from gatebot.pipeline.engine import Engine
+from gatebot.pipeline.jobs import run_job
+from gatebot.pipeline.reconcile import reconcile
+from gatebot.queue import JobObserver, JobQueue
+from gatebot.settings import Settings
+from gatebot.wiring import open_engine
+
+log = logging.getLogger("gatebot.app")
+
+ObserverFactory = Callable[[Settings, Engine], list[JobObserver]]
+STARTUP_RETRY_SECONDS = 5.0
+
+
+def create_app(settings: Settings, *, observers: ObserverFactory | None = None) -> web.Application:
+    app = web.Application(
+        client_max_size=settings.server.max_body_bytes, middlewares=[error_middleware]
+    )
+    app[SETTINGS] = settings
+    app.add_routes(probes.routes)
+    app.add_routes(webhooks.routes)
+
+    async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
+        async with open_engine(settings) as engine:
+            queue = JobQueue(
+                engine,
+                settings.queue,
+                run_job,
+                observers(settings, engine) if observers else [],
+            )
+            app[ENGINE] = engine
+            app[QUEUE] = queue
+            starter: asyncio.Task[None] | None = None
+            if not await start_work(engine, queue):
+                starter = asyncio.create_task(retry_start(engine, queue))
+            yield
+            if starter is not None:
+                starter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await starter
+            await queue.stop()
+
+    app.cleanup_ctx.append(engine_ctx)
+    return app
+
+
+async def start_work(engine: Engine, queue: JobQueue) -> bool:
+    """Reconcile, recover interrupted jobs, start the queue; False if Docker is unreachable."""
+    try:
+        await engine.runtime.ping()
+        report = await reconcile(engine)
+    except RuntimeUnavailable as exc:
+        log.error("cannot start deploying yet: %s", exc)
+        return False
+    log.info("start-up reconciliation: %s", report.summary())
+    failed, requeued = await engine.store.jobs.recover_interrupted()
+    for job in failed:
+        log.warning("job %s was interrupted", job.id, extra={"project": job.project, "job": job.id})
+    for job in requeued:
+        log.info(
+            "job %s requeued as %s",
+            job.retry_of,
+            job.id,
+            extra={"project": job.project, "job": job.id},
+        )
+    await queue.start()
+    return True
+
+
+async def retry_start(engine: Engine, queue: JobQueue) -> None:
+    """Poll until the Docker engine answers (it has no event to wait on)."""
+    while not await start_work(engine, queue):  # noqa: ASYNC110
+        await asyncio.sleep(STARTUP_RETRY_SECONDS)

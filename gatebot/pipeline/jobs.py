@@ -1,0 +1,18 @@
+"""What a queued job does: a deploy or a rollback, through the same pipeline as the CLI."""
+
+from __future__ import annotations
+
+from gatebot.pipeline.deploy import deploy
+from gatebot.pipeline.engine import Engine
+from gatebot.pipeline.journal import Listener
+from gatebot.pipeline.rollback import rollback
+from gatebot.store.deployments import Deployment
+from gatebot.store.jobs import Job
+
+
+async def run_job(engine: Engine, job: Job, listeners: list[Listener]) -> Deployment:
+    if job.kind == "rollback":
+        return await rollback(
+            engine, job.project, to=job.target, trigger=job.trigger, listeners=listeners
+        )
+    return await deploy(engine, job.project, sha=job.sha, trigger=job.trigger, listeners=listeners)

@@ -1,0 +1,303 @@
+"""The durable job queue's truth: one row per requested deploy or rollback.
+
+    queued -> running -> succeeded | failed
+    queued -> superseded (a newer push for the project) | cancelled (an operator)
+
+A webhook's delivery record and the job it queues are written in one transaction, so a
+delivery is either acknowledged and queued, or neither.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import aiosqlite
+
+from gatebot.errors import GatebotError
+from gatebot.store.db import Database, utcnow
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, SUPERSEDED, CANCELLED = (
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "superseded",
+    "cancelled",
+)
+FINISHED = frozenset({SUCCEEDED, FAILED, SUPERSEDED, CANCELLED})
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    project: str
+    kind: str  # deploy | rollback
+    sha: str | None
+    target: str | None  # rollback: version or SHA to bring back
+    state: str
+    trigger: str
+    delivery_id: str | None
+    context: dict[str, Any]  # where it came from: forge, repo, comment... (for feedback)
+    deployment_id: int | None
+    error: str | None
+    superseded_by: int | None
+    retry_of: int | None
+    created_at: str
+    updated_at: str
+    started_at: str | None
+    finished_at: str | None
+
+    @classmethod
+    def from_row(cls, row: aiosqlite.Row) -> Job:
+        data = dict(row)
+        data["context"] = json.loads(data["context"] or "{}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class NewJob:
+    project: str
+    kind: str
+    trigger: str
+    sha: str | None = None
+    target: str | None = None
+    delivery_id: str | None = None
+    context: dict[str, Any] | None = None
+
+
+class DuplicateDelivery(GatebotError):
+    """The forge sent this delivery before; it was handled then."""
+
+
+class Jobs:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def get(self, job_id: int) -> Job | None:
+        row = await self.db.fetchone("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return Job.from_row(row) if row else None
+
+    async def require(self, job_id: int) -> Job:
+        job = await self.get(job_id)
+        if job is None:
+            raise GatebotError(f"job {job_id} does not exist")
+        return job
+
+    async def recent(
+        self,
+        *,
+        project: str | None = None,
+        state: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[Job]:
+        where, params = [], []
+        if project is not None:
+            where.append("project = ?")
+            params.append(project)
+        if state is not None:
+            where.append("state = ?")
+            params.append(state)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = await self.db.fetchall(
+            f"SELECT * FROM jobs {clause} ORDER BY id DESC LIMIT ? OFFSET ?",  # noqa: S608
+            (*params, limit, offset),
+        )
+        return [Job.from_row(r) for r in rows]
+
+    async def queued(self) -> list[Job]:
+        """Queued jobs, oldest first: the order they run in."""
+        rows = await self.db.fetchall("SELECT * FROM jobs WHERE state = 'queued' ORDER BY id")
+        return [Job.from_row(r) for r in rows]
+
+    async def counts(self) -> dict[str, int]:
+        rows = await self.db.fetchall("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    async def enqueue(
+        self,
+        jobs: list[NewJob],
+        *,
+        delivery: tuple[str, str, str] | None = None,
+        supersede: bool = False,
+    ) -> list[Job]:
+        """Insert `jobs` (and the delivery (forge, id, event), if any) in one transaction.
+
+        With `supersede`, a project's queued deploy jobs are marked superseded by the new one.
+        Raises DuplicateDelivery when the delivery was recorded before; nothing is written then.
+        """
+        now = utcnow()
+        ids: list[int] = []
+        async with self.db.transaction() as conn:
+            if delivery is not None:
+                forge, delivery_id, event = delivery
+                cursor = await conn.execute(
+                    "INSERT OR IGNORE INTO deliveries (forge, delivery_id, event, outcome,"
+                    " received_at) VALUES (?, ?, ?, ?, ?)",
+                    (forge, delivery_id, event, "queued" if jobs else "ignored", now),
+                )
+                if cursor.rowcount == 0:
+                    raise DuplicateDelivery(f"delivery {delivery_id} was received before")
+            for job in jobs:
+                cursor = await conn.execute(
+                    "INSERT INTO jobs (project, kind, sha, target, state, trigger, delivery_id,"
+                    " context, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
+                    (
+                        job.project,
+                        job.kind,
+                        job.sha,
+                        job.target,
+                        job.trigger,
+                        job.delivery_id,
+                        json.dumps(job.context or {}),
+                        now,
+                        now,
+                    ),
+                )
+                new_id = cursor.lastrowid
+                assert new_id is not None
+                ids.append(new_id)
+                if supersede and job.kind == "deploy":
+                    await conn.execute(
+                        "UPDATE jobs SET state = 'superseded', superseded_by = ?, updated_at = ?,"
+                        " finished_at = ? WHERE project = ? AND state = 'queued'"
+                        " AND kind = 'deploy' AND id < ?",
+                        (new_id, now, now, job.project, new_id),
+                    )
+        return [await self.require(i) for i in ids]
+
+    async def superseded_by(self, job_id: int) -> list[Job]:
+        rows = await self.db.fetchall(
+            "SELECT * FROM jobs WHERE superseded_by = ? ORDER BY id", (job_id,)
+        )
+        return [Job.from_row(r) for r in rows]
+
+    async def claim(self, job_id: int) -> bool:
+        """queued -> running; False when the job is no longer queued."""
+        now = utcnow()
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute(
+                "UPDATE jobs SET state = 'running', started_at = ?, updated_at = ?"
+                " WHERE id = ? AND state = 'queued'",
+                (now, now, job_id),
+            )
+            return cursor.rowcount == 1
+
+    async def release(self, job_id: int) -> None:
+        """running -> queued: the project was busy elsewhere; try again later."""
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE jobs SET state = 'queued', started_at = NULL, updated_at = ?"
+                " WHERE id = ? AND state = 'running'",
+                (utcnow(), job_id),
+            )
+
+    async def finish(
+        self,
+        job_id: int,
+        state: str,
+        *,
+        deployment_id: int | None = None,
+        error: str | None = None,
+    ) -> Job:
+        if state not in (SUCCEEDED, FAILED):
+            raise ValueError(state)
+        now = utcnow()
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE jobs SET state = ?, deployment_id = COALESCE(?, deployment_id),"
+                " error = ?, finished_at = ?, updated_at = ? WHERE id = ? AND state = 'running'",
+                (state, deployment_id, error, now, now, job_id),
+            )
+        return await self.require(job_id)
+
+    async def set_deployment(self, job_id: int, deployment_id: int) -> None:
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE jobs SET deployment_id = ?, updated_at = ? WHERE id = ?",
+                (deployment_id, utcnow(), job_id),
+            )
+
+    async def cancel(self, job_id: int) -> bool:
+        """queued -> cancelled; False when the job is not queued (running or finished)."""
+        now = utcnow()
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute(
+                "UPDATE jobs SET state = 'cancelled', finished_at = ?, updated_at = ?"
+                " WHERE id = ? AND state = 'queued'",
+                (now, now, job_id),
+            )
+            return cursor.rowcount == 1
+
+    async def recover_interrupted(self) -> tuple[list[Job], list[Job]]:
+        """After a restart: running jobs become failed ("interrupted"); each is queued again
+        once, as a new job, unless it is itself a retry or a newer job for its project exists.
+        Returns (failed, requeued)."""
+        now = utcnow()
+        failed: list[int] = []
+        requeued: list[int] = []
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute("SELECT * FROM jobs WHERE state = 'running' ORDER BY id")
+            for row in await cursor.fetchall():
+                job = Job.from_row(row)
+                await conn.execute(
+                    "UPDATE jobs SET state = 'failed', error = ?, finished_at = ?, updated_at = ?"
+                    " WHERE id = ?",
+                    ("interrupted: gatebot stopped while this job ran", now, now, job.id),
+                )
+                failed.append(job.id)
+                newer = await (
+                    await conn.execute(
+                        "SELECT COUNT(*) FROM jobs WHERE project = ? AND id > ?",
+                        (job.project, job.id),
+                    )
+                ).fetchone()
+                if job.retry_of is None and newer is not None and newer[0] == 0:
+                    cursor2 = await conn.execute(
+                        "INSERT INTO jobs (project, kind, sha, target, state, trigger,"
+                        " delivery_id, context, retry_of, created_at, updated_at)"
+                        " VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
+                        (
+                            job.project,
+                            job.kind,
+                            job.sha,
+                            job.target,
+                            job.trigger,
+                            job.delivery_id,
+                            json.dumps(job.context),
+                            job.id,
+                            now,
+                            now,
+                        ),
+                    )
+                    assert cursor2.lastrowid is not None
+                    requeued.append(cursor2.lastrowid)
+        return (
+            [await self.require(i) for i in failed],
+            [await self.require(i) for i in requeued],
+        )
+
+
+class Deliveries:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def record(self, forge: str, delivery_id: str, event: str, outcome: str) -> bool:
+        """Remember a delivery that queues nothing; False when it was seen before."""
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute(
+                "INSERT OR IGNORE INTO deliveries (forge, delivery_id, event, outcome,"
+                " received_at) VALUES (?, ?, ?, ?, ?)",
+                (forge, delivery_id, event, outcome, utcnow()),
+            )
+            return cursor.rowcount == 1
+
+    async def count(self) -> int:
+        row = await self.db.fetchone("SELECT COUNT(*) FROM deliveries")
+        return int(row[0]) if row else 0

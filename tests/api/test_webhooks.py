@@ -1,0 +1,310 @@
+"""Signed webhook deliveries against the running app: verification, formats, bad input,
+idempotency, and the queue behind them (coalescing, durability, end to end)."""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from gatebot.api.keys import ENGINE, QUEUE
+from gatebot.pipeline.status import Status
+from tests.api.conftest import ClientFactory, server_settings
+from tests.conftest import Setup
+from tests.deliveries import (
+    GITLAB_SIGNING_TOKEN,
+    GITLAB_TOKEN,
+    github_delivery,
+    github_push_payload,
+    github_signature,
+    gitlab_delivery,
+    gitlab_push_payload,
+)
+from tests.forges import fixture
+from tests.pipeline.test_deploy import live_version
+
+Client = TestClient[Any, Any]
+
+
+async def post_github(
+    client: Client, event: str, payload: dict[str, Any] | bytes, **kw: Any
+) -> Any:
+    body, headers = github_delivery(event, payload, **kw)
+    return await client.post("/webhooks/github", data=body, headers=headers)
+
+
+async def job_rows(client: Client) -> list[Any]:
+    return await client.app[ENGINE].store.jobs.recent(limit=1000)
+
+
+async def test_github_documented_test_vector_passes_verification(
+    start_server: ClientFactory, setup: Setup
+) -> None:
+    settings = server_settings(setup)
+    raw = settings.model_dump(mode="json")
+    raw["github"]["webhook_secret"] = "It's a Secret to Everybody"
+    from gatebot.settings import parse_settings
+
+    client = await start_server(parse_settings(raw, source=setup.data_dir / "x.toml"))
+    headers = {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": "push",
+        "X-GitHub-Delivery": "vector-1",
+        "X-Hub-Signature-256": (
+            "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+        ),
+    }
+    ok = await client.post("/webhooks/github", data=b"Hello, World!", headers=headers)
+    # The signature is right, so the delivery gets past verification and fails as bad JSON.
+    assert ok.status == 400
+    headers["X-Hub-Signature-256"] = "sha256=" + "0" * 64
+    bad = await client.post("/webhooks/github", data=b"Hello, World!", headers=headers)
+    assert bad.status == 401
+
+
+async def test_push_queues_a_deploy_of_after_in_both_content_types(
+    start_server: ClientFactory, setup: Setup
+) -> None:
+    client = await start_server(queue={"paused": True})
+    sha = "a" * 40
+    payload = github_push_payload(f"acme/{setup.name}", sha)
+    response = await post_github(client, "push", payload)
+    assert response.status == 202
+    body = await response.json()
+    assert body["queued"][0]["project"] == setup.name and body["queued"][0]["sha"] == sha
+
+    form = urllib.parse.urlencode({"payload": json.dumps({**payload, "after": "b" * 40})}).encode()
+    headers = {
+        "Content-Type": "application/x-www-form-urlencoded",
+        "X-GitHub-Event": "push",
+        "X-GitHub-Delivery": "form-1",
+        "X-Hub-Signature-256": github_signature(form),
+    }
+    response = await client.post("/webhooks/github", data=form, headers=headers)
+    assert response.status == 202
+    jobs = await job_rows(client)
+    assert [(j.sha, j.state) for j in jobs] == [("b" * 40, "queued"), (sha, "superseded")]
+    assert jobs[0].trigger == "push:octocat" and jobs[0].delivery_id == "form-1"
+
+
+async def test_bad_signatures_get_401_and_start_nothing(
+    start_server: ClientFactory, setup: Setup
+) -> None:
+    client = await start_server(queue={"paused": True})
+    payload = github_push_payload(f"acme/{setup.name}", "c" * 40)
+    body, headers = github_delivery("push", payload)
+
+    tampered = await client.post("/webhooks/github", data=body + b" ", headers=headers)
+    wrong = await post_github(client, "push", payload, secret="not-the-secret")
+    missing_headers = {k: v for k, v in headers.items() if k != "X-Hub-Signature-256"}
+    missing = await client.post("/webhooks/github", data=body, headers=missing_headers)
+
+    for response in (tampered, wrong, missing):
+        assert response.status == 401
+        assert await response.json() == {"error": "unauthorized", "message": "invalid signature"}
+    assert await job_rows(client) == []
+    assert await client.app[ENGINE].store.deliveries.count() == 0
+
+
+async def test_no_secret_configured_accepts_nothing(
+    start_server: ClientFactory, setup: Setup
+) -> None:
+    raw = server_settings(setup).model_dump(mode="json")
+    raw["github"] = {}
+    raw["gitlab"] = {}
+    from gatebot.settings import parse_settings
+
+    client = await start_server(parse_settings(raw, source=setup.data_dir / "x.toml"))
+    payload = github_push_payload(f"acme/{setup.name}", "c" * 40)
+    assert (await post_github(client, "push", payload)).status == 401
+    body, headers = gitlab_delivery(gitlab_push_payload(f"acme/{setup.name}", "c" * 40))
+    assert (await client.post("/webhooks/gitlab", data=body, headers=headers)).status == 401
+    assert await job_rows(client) == []
+
+
+async def test_ping_and_ignored_events_answer_2xx_with_the_reason(
+    start_server: ClientFactory, setup: Setup
+) -> None:
+    client = await start_server(queue={"paused": True})
+    repo = f"acme/{setup.name}"
+    ping = fixture("github_ping.json")
+    ping["repository"]["full_name"] = repo
+    assert (await post_github(client, "ping", ping)).status == 200
+
+    cases = {
+        "tag": github_push_payload(repo, "d" * 40) | {"ref": "refs/tags/v1.0"},
+        "deleted": github_push_payload(repo, "0" * 40) | {"deleted": True},
+        "not tracked": github_push_payload(repo, "d" * 40, branch="feature"),
+        "no project": github_push_payload("acme/other", "d" * 40),
+    }
+    reasons = {}
+    for name, payload in cases.items():
+        response = await post_github(client, "push", payload)
+        assert response.status == 200, name
+        reasons[name] = (await response.json())["reason"]
+    assert "tag" in reasons["tag"]
+    assert "deleted" in reasons["deleted"]
+    assert "feature is not tracked" in reasons["not tracked"]
+    assert "no project tracks acme/other" in reasons["no project"]
+    issues = await post_github(
+        client, "issues", {"action": "opened", "repository": {"full_name": repo}}
+    )
+    assert issues.status == 200 and (await issues.json())["ignored"] is True
+    assert await job_rows(client) == []
+
+
+async def test_malformed_bodies_get_400_never_500(
+    start_server: ClientFactory, setup: Setup
+) -> None:
+    client = await start_server(queue={"paused": True})
+    for body in (b"{not json", b"[]", b'{"ref": 5}', b"", b'{"after": "x"}', b"\xff\xfe"):
+        response = await post_github(client, "push", body)
+        assert response.status == 400, body
+        assert (await response.json())["error"] == "bad_request"
+    missing_after = github_push_payload(f"acme/{setup.name}", "e" * 40)
+    del missing_after["after"]
+    response = await post_github(client, "push", missing_after)
+    assert response.status == 400 and "after" in (await response.json())["message"]
+    no_delivery_body, headers = github_delivery(
+        "push", github_push_payload(f"acme/{setup.name}", "e" * 40)
+    )
+    del headers["X-GitHub-Delivery"]
+    response = await client.post("/webhooks/github", data=no_delivery_body, headers=headers)
+    assert response.status == 400
+    assert await job_rows(client) == []
+
+
+async def test_oversized_body_gets_413(start_server: ClientFactory, setup: Setup) -> None:
+    client = await start_server(queue={"paused": True}, server={"max_body_bytes": 4096})
+    payload = github_push_payload(f"acme/{setup.name}", "f" * 40, padding="x" * 10_000)
+    response = await post_github(client, "push", payload)
+    assert response.status == 413
+
+    async def chunks():  # type: ignore[no-untyped-def]
+        for _ in range(10):
+            yield b"x" * 1000
+
+    body, headers = github_delivery("push", b"")
+    chunked = await client.post("/webhooks/github", data=chunks(), headers=headers)
+    assert chunked.status == 413
+    assert await job_rows(client) == []
+
+
+async def test_redelivery_is_acknowledged_and_queues_nothing(
+    start_server: ClientFactory, setup: Setup
+) -> None:
+    client = await start_server(queue={"paused": True})
+    payload = github_push_payload(f"acme/{setup.name}", "1" * 40)
+    first = await post_github(client, "push", payload, delivery="same-id")
+    again = await post_github(client, "push", payload, delivery="same-id")
+    assert first.status == 202
+    assert again.status == 200 and (await again.json())["duplicate"] is True
+    assert len(await job_rows(client)) == 1
+
+
+async def test_gitlab_token_and_signing_token(start_server: ClientFactory, setup: Setup) -> None:
+    client = await start_server(queue={"paused": True}, forge="gitlab")
+    repo = f"acme/{setup.name}"
+
+    async def send(**kw: Any) -> int:
+        body, headers = gitlab_delivery(gitlab_push_payload(repo, "2" * 40), **kw)
+        return (await client.post("/webhooks/gitlab", data=body, headers=headers)).status
+
+    assert await send() == 202
+    assert await send(token="wrong") == 401
+    assert await send(token=None) == 401
+    assert await send(signing_token=GITLAB_SIGNING_TOKEN) == 202
+    assert await send(token=GITLAB_TOKEN, signing_token="whsec_" + "QUJD" * 8) == 401
+    assert await send(signing_token=GITLAB_SIGNING_TOKEN, timestamp=1_000_000_000) == 401
+    jobs = await job_rows(client)
+    assert len(jobs) == 2 and {j.trigger for j in jobs} == {"push:jsmith"}
+
+
+async def test_ten_quick_pushes_deploy_at_most_twice_and_the_newest_wins(
+    start_server: ClientFactory, setup: Setup
+) -> None:
+    client = await start_server()
+    repo = f"acme/{setup.name}"
+    shas = [setup.repo.commit(f"v{n}") for n in range(1, 11)]
+    for sha in shas:
+        response = await post_github(client, "push", github_push_payload(repo, sha))
+        assert response.status == 202
+    await client.app[QUEUE].drain()
+    engine = client.app[ENGINE]
+    deployments = await engine.store.deployments.history(setup.name)
+    assert 1 <= len(deployments) <= 2
+    active = await engine.store.deployments.active(setup.name)
+    assert active is not None and active.commit_sha == shas[-1]
+    assert await live_version(setup) == "v10"
+    states = [j.state for j in await job_rows(client)]
+    assert states.count("superseded") >= 8
+    assert states.count("succeeded") == len(deployments)
+
+
+async def test_queued_jobs_survive_a_restart(start_server: ClientFactory, setup: Setup) -> None:
+    paused = await start_server(queue={"paused": True})
+    sha = setup.repo.commit("v1")
+    response = await post_github(paused, "push", github_push_payload(f"acme/{setup.name}", sha))
+    job_id = (await response.json())["queued"][0]["job"]
+    await paused.close()
+
+    resumed = await start_server()
+    await resumed.app[QUEUE].drain()
+    job = await resumed.app[ENGINE].store.jobs.require(job_id)
+    assert job.state == "succeeded" and job.deployment_id is not None
+    assert await live_version(setup) == "v1"
+
+
+async def test_a_job_interrupted_by_a_crash_is_failed_and_requeued_once(
+    start_server: ClientFactory, setup: Setup
+) -> None:
+    paused = await start_server(queue={"paused": True})
+    sha = setup.repo.commit("v1")
+    response = await post_github(paused, "push", github_push_payload(f"acme/{setup.name}", sha))
+    job_id = (await response.json())["queued"][0]["job"]
+    assert await paused.app[ENGINE].store.jobs.claim(job_id)  # it was running when we "died"
+    await paused.close()
+
+    resumed = await start_server()
+    await resumed.app[QUEUE].drain()
+    jobs = await resumed.app[ENGINE].store.jobs.recent()
+    assert [(j.id, j.state, j.retry_of) for j in jobs] == [
+        (job_id + 1, "succeeded", job_id),
+        (job_id, "failed", None),
+    ]
+    assert "interrupted" in (jobs[1].error or "")
+    assert await live_version(setup) == "v1"
+
+
+async def test_push_to_the_repository_goes_live_through_nginx(
+    start_server: ClientFactory, setup: Setup
+) -> None:
+    client = await start_server()
+    repo = f"acme/{setup.name}"
+    for version in ("v1", "v2"):
+        sha = setup.repo.commit(version)
+        response = await post_github(client, "push", github_push_payload(repo, sha))
+        assert response.status == 202
+        await client.app[QUEUE].drain()
+        assert await live_version(setup) == version
+    active = await client.app[ENGINE].store.deployments.active(setup.name)
+    assert active is not None and active.color == "green" and active.status is Status.ACTIVE
+
+
+async def test_gitlab_push_goes_live(start_server: ClientFactory, setup: Setup) -> None:
+    client = await start_server(forge="gitlab")
+    sha = setup.repo.commit("v1")
+    body, headers = gitlab_delivery(gitlab_push_payload(f"acme/{setup.name}", sha))
+    assert (await client.post("/webhooks/gitlab", data=body, headers=headers)).status == 202
+    await client.app[QUEUE].drain()
+    assert await live_version(setup) == "v1"
+
+
+async def test_health_and_readiness(start_server: ClientFactory, setup: Setup) -> None:
+    client = await start_server()
+    assert (await client.get("/healthz")).status == 200
+    ready = await client.get("/readyz")
+    assert ready.status == 200
+    assert (await ready.json())["checks"] == {"database": "ok", "docker": "ok"}

@@ -1,0 +1,82 @@
+"""`gatebot serve` as a real process: it serves, and on SIGTERM it lets the running deploy
+finish, leaves queued jobs queued, and exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import urllib.request
+
+import aiohttp
+
+from gatebot.devtools import free_port
+from tests.conftest import Setup
+from tests.deliveries import GITHUB_SECRET, github_delivery, github_push_payload
+from tests.harness import write_config
+
+
+def job_states(db: str) -> list[tuple[int, str]]:
+    with sqlite3.connect(db) as conn:
+        return [
+            (int(r[0]), str(r[1])) for r in conn.execute("SELECT id, state FROM jobs ORDER BY id")
+        ]
+
+
+async def wait_for(predicate, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.1)
+
+
+async def test_sigterm_lets_the_running_deploy_finish_and_keeps_queued_jobs(setup: Setup) -> None:
+    port = free_port()
+    project = setup.project(
+        forge_repo=f"acme/{setup.name}", health={"start_period": 2.0, "interval": 0.1}
+    )
+    path = write_config(setup.tmp_path / "gatebot.toml", setup.data_dir, setup.nginx, [project])
+    text = path.read_text().replace("[server]\n", f'[server]\nlisten = "127.0.0.1:{port}"\n', 1)
+    path.write_text(text + '[github]\nwebhook_secret = "env:TEST_SECRET"\n')
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gatebot", "-c", str(path), "serve"],
+        env={**os.environ, "TEST_SECRET": GITHUB_SECRET},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    db = str(setup.data_dir / "gatebot.db")
+
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(f"{base}/healthz", timeout=1) as r:  # noqa: S310
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    try:
+        await wait_for(healthy)
+        async with aiohttp.ClientSession() as session:
+            for version in ("v1", "v2"):
+                sha = setup.repo.commit(version)
+                body, headers = github_delivery(
+                    "push", github_push_payload(f"acme/{setup.name}", sha)
+                )
+                async with session.post(f"{base}/webhooks/github", data=body, headers=headers) as r:
+                    assert r.status == 202
+                if version == "v1":
+                    await wait_for(lambda: (1, "running") in job_states(db))
+        server.send_signal(signal.SIGTERM)
+        output, _ = server.communicate(timeout=120)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    assert server.returncode == 0, output
+    assert job_states(db) == [(1, "succeeded"), (2, "queued")]
+    assert GITHUB_SECRET not in output
