@@ -59,6 +59,8 @@ class ServerSettings(_Model):
     data_dir: Path = Path("/var/lib/gatebot")
     public_url: str = "http://127.0.0.1:8088"
     max_body_bytes: int = Field(25 * 1024 * 1024, ge=1024)  # larger webhook bodies get 413
+    public_pages: bool = False  # deployment pages readable without a token
+    log_format: Literal["text", "json"] = "text"  # json: one object per line
 
     @field_validator("listen")
     @classmethod
@@ -143,7 +145,7 @@ class SiteSettings(_Model):
     @classmethod
     def _nginx_safe(cls, value: str) -> str:
         for word in value.split():
-            if not _NGINX_TOKEN.match(word):
+            if not _NGINX_TOKEN.match(word) or word.endswith("\\"):
                 raise ValueError(f"{word!r} is not allowed in an nginx directive")
         if not value.strip():
             raise ValueError("must not be empty")
@@ -294,7 +296,7 @@ def parse_settings(
     _check_projects(settings, source)
     base = source.parent
     project_env = {
-        p.name: read_env_file(_relative(base, p.env_file), source, i)
+        p.name: read_env_file(_relative(base, p.env_file), source, f"projects[{i}] ({p.name})")
         for i, p in enumerate(settings.projects)
         if p.env_file is not None
     }
@@ -338,9 +340,9 @@ def _check_projects(settings: Settings, source: Path) -> None:
             seen_ports[port] = project.name
 
 
-def read_env_file(path: Path, source: Path, index: int) -> dict[str, str]:
+def read_env_file(path: Path, source: Path, project: str) -> dict[str, str]:
     """Parse KEY=VALUE lines (blank lines and # comments skipped, optional quotes stripped)."""
-    where = f"{source}: projects[{index}].env_file"
+    where = f"{source}: {project}.env_file"
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:

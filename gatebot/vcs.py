@@ -69,18 +69,34 @@ class GitSource:
             message = str(commit.message).strip().splitlines()[0] if commit.message else ""
             return Checkout(path=path, sha=commit.hexsha, message=message)
         except git.GitCommandError as exc:
-            detail = redact_url(str(exc.stderr or exc).strip())
+            detail = redact_url(_stderr(exc))
             raise SourceError(
                 f"git {exc.command[1] if exc.command else ''} failed: {detail}"
             ) from None
 
     def _open_or_clone(self, path: Path, url: str) -> git.Repo:
         if (path / ".git").is_dir():
-            repo = git.Repo(path)
-            if repo.remotes.origin.url != url:
-                repo.remotes.origin.set_url(url)
-            return repo
+            try:
+                repo = git.Repo(path)
+                if repo.remotes.origin.url != url:
+                    repo.remotes.origin.set_url(url)
+                return repo
+            except (
+                git.InvalidGitRepositoryError,
+                git.NoSuchPathError,
+                AttributeError,
+                ValueError,
+                IndexError,
+            ):
+                pass  # broken (an interrupted clone, say): start again below
         if path.exists():
             shutil.rmtree(path)  # a half-made clone from an interrupted first run
         path.parent.mkdir(parents=True, exist_ok=True)
         return git.Repo.clone_from(url, path, no_checkout=True)
+
+
+def _stderr(exc: git.GitCommandError) -> str:
+    """git's own message, without gitpython's ``stderr: '...'`` wrapping."""
+    text = str(exc.stderr or exc).strip()
+    match = re.match(r"^stderr: '(.*)'$", text, flags=re.S)
+    return (match.group(1) if match else text).strip()

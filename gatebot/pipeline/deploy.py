@@ -14,7 +14,7 @@ import contextlib
 import logging
 
 from gatebot.errors import GatebotError, StageFailed
-from gatebot.pipeline.engine import Engine, deployment_labels, image_tag, pick_slot
+from gatebot.pipeline.engine import Engine, image_labels, image_tag, pick_slot
 from gatebot.pipeline.health import wait_healthy
 from gatebot.pipeline.journal import Journal, Listener
 from gatebot.runtime.base import LABEL_DEPLOYMENT, BuildSpec
@@ -75,7 +75,7 @@ async def _deploy(
                     context=checkout.path / project.context,
                     dockerfile=project.dockerfile,
                     tag=image,
-                    labels=deployment_labels(project.name, deployment.id, checkout.sha),
+                    labels=image_labels(project.name, deployment.id, checkout.sha),
                     build_args=project.build_args,
                 ),
                 stage.output,

@@ -9,6 +9,9 @@ from gatebot.pipeline.journal import Journal, Listener
 from gatebot.pipeline.lock import ProjectLocks
 from gatebot.proxy.nginx import NginxProxy, render_project_conf
 from gatebot.runtime.base import (
+    IMAGE_LABEL_COMMIT,
+    IMAGE_LABEL_DEPLOYMENT,
+    IMAGE_LABEL_PROJECT,
     LABEL_COLOR,
     LABEL_COMMIT,
     LABEL_DEPLOYMENT,
@@ -95,3 +98,12 @@ def deployment_labels(
     if slot is not None:
         labels[LABEL_COLOR] = slot.color
     return labels
+
+
+def image_labels(project: str, deployment_id: int, commit: str) -> dict[str, str]:
+    """Labels of a built image: distinct from the container labels that mark gatebot's slots."""
+    return {
+        IMAGE_LABEL_PROJECT: project,
+        IMAGE_LABEL_DEPLOYMENT: str(deployment_id),
+        IMAGE_LABEL_COMMIT: commit,
+    }

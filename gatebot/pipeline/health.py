@@ -1,13 +1,16 @@
 """Health checks: is the new container answering, quickly, and still alive?
 
 `judge` is the pure decision on one answer; `wait_healthy` is the loop around real HTTP calls
-and container inspections.
+and container inspections. A task may `listen_to_probes` to hear each answer's latency (the
+metrics do, per queued job), so the pipeline itself knows nothing about metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import aiohttp
@@ -15,6 +18,25 @@ import aiohttp
 from gatebot.errors import HealthCheckFailed
 from gatebot.runtime.base import Runtime
 from gatebot.settings import HealthSettings
+
+
+ProbeListener = Callable[[float, bool], None]  # (latency in seconds, healthy?)
+_probe_listener: ContextVar[ProbeListener | None] = ContextVar("gatebot_probe_listener", default=None)
+
+
+def listen_to_probes(listener: ProbeListener | None) -> None:
+    """Call `listener` for every answered health probe made by the current task from now on
+    (and by the tasks it starts)."""
+    _probe_listener.set(listener)
+
+
+def _heard(latency_ms: float, healthy: bool) -> None:
+    listener = _probe_listener.get()
+    if listener is not None:
+        try:
+            listener(latency_ms / 1000, healthy)
+        except Exception:  # noqa: BLE001, S110 - a listener must never fail a health check
+            pass
 
 
 @dataclass(frozen=True)
@@ -54,6 +76,7 @@ async def wait_healthy(
                     await response.read()
                     latency_ms = (time.monotonic() - started) * 1000
                     verdict = judge(response.status, latency_ms, health.max_latency_ms)
+                    _heard(latency_ms, verdict is None)
                     if verdict is None:
                         return HealthResult(attempt, latency_ms)
                     reason = f"GET {health.path} {verdict}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,8 +74,11 @@ async def run_command(argv: Sequence[str], *, timeout: float = 60.0) -> CommandR
     except TimeoutError:
         proc.kill()
         await proc.wait()
-        raise ProxyError(f"{argv[0]} did not finish within {timeout:.0f}s") from None
+        raise ProxyError(f"{argv[0]} did not finish within {timeout:g}s") from None
     return CommandResult(proc.returncode or 0, out.decode("utf-8", "replace").strip())
+
+
+ReloadListener = Callable[[str], None]  # "ok", "rejected" (test failed) or "failed" (reload)
 
 
 class NginxProxy:
@@ -84,6 +87,12 @@ class NginxProxy:
         self.test_cmd = list(test_cmd)
         self.reload_cmd = list(reload_cmd)
         self._lock = asyncio.Lock()  # one test+reload at a time within this process
+        self.on_reload: ReloadListener | None = None  # told how each apply ended (metrics)
+
+    def _told(self, outcome: str) -> None:
+        if self.on_reload is not None:
+            with contextlib.suppress(Exception):
+                self.on_reload(outcome)
 
     def path(self, project: str) -> Path:
         return self.conf_dir / f"{project}.conf"
@@ -112,14 +121,26 @@ class NginxProxy:
                 return False
             self.conf_dir.mkdir(parents=True, exist_ok=True)
             _write(self.path(project), text)
-            result = await run_command(self.test_cmd)
+            try:
+                result = await run_command(self.test_cmd)
+            except ProxyError:  # nginx missing or hung: never leave an untested file behind
+                _write(self.path(project), previous)
+                raise
             if result.returncode != 0:
                 _write(self.path(project), previous)
+                self._told("rejected")
                 raise ProxyError(f"nginx rejected the new configuration: {result.output}")
-            reload = await run_command(self.reload_cmd)
+            try:
+                reload = await run_command(self.reload_cmd)
+            except ProxyError:
+                _write(self.path(project), previous)
+                self._told("failed")
+                raise
             if reload.returncode != 0:
                 _write(self.path(project), previous)
+                self._told("failed")
                 raise ProxyError(f"nginx reload failed: {reload.output}")
+            self._told("ok")
             return True
 
 

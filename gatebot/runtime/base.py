@@ -12,6 +12,11 @@ LABEL_PROJECT = "gatebot.project"
 LABEL_DEPLOYMENT = "gatebot.deployment"
 LABEL_COMMIT = "gatebot.commit"
 LABEL_COLOR = "gatebot.color"
+# Images carry labels of their own: containers inherit their image's labels, and a container
+# someone starts by hand from a gatebot image must not look like one of gatebot's slots.
+IMAGE_LABEL_PROJECT = "gatebot.image.project"
+IMAGE_LABEL_DEPLOYMENT = "gatebot.image.deployment"
+IMAGE_LABEL_COMMIT = "gatebot.image.commit"
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from docker.models.containers import Container
 
 from gatebot.errors import NameConflict, RuntimeFailure, RuntimeUnavailable
 from gatebot.runtime.base import (
+    IMAGE_LABEL_PROJECT,
     LABEL_MANAGED,
     LABEL_PROJECT,
     BuildSpec,
@@ -122,7 +123,7 @@ class DockerRuntime:
     async def project_images(self, project: str) -> list[str]:
         def tags() -> list[str]:
             images = self._docker().images.list(
-                filters={"label": [f"{LABEL_MANAGED}=true", f"{LABEL_PROJECT}={project}"]}
+                filters={"label": [f"{IMAGE_LABEL_PROJECT}={project}"]}
             )
             return sorted(tag for image in images for tag in image.tags)
 

@@ -16,34 +16,56 @@ from gatebot.errors import GatebotError
 from gatebot.store.migrations import MIGRATIONS
 
 
+async def _connect(path: Path, opened: list[aiosqlite.Connection]) -> aiosqlite.Connection:
+    try:
+        conn = await aiosqlite.connect(path, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise GatebotError(f"cannot open database {path}: {exc}") from None
+    opened.append(conn)
+    conn.row_factory = aiosqlite.Row
+    await conn.execute("PRAGMA busy_timeout=10000")
+    await conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
 def utcnow() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 class Database:
-    def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
+    """Two connections: `conn` for writes (one transaction at a time), `reader` for reads, so a
+    read never sees another coroutine's uncommitted transaction (WAL gives it the last commit)."""
+
+    def __init__(
+        self, conn: aiosqlite.Connection, reader: aiosqlite.Connection, path: Path
+    ) -> None:
         self.conn = conn
+        self.reader = reader
         self.path = path
         self._write = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path) -> Database:
         path.parent.mkdir(parents=True, exist_ok=True)
+        opened: list[aiosqlite.Connection] = []
         try:
-            conn = await aiosqlite.connect(path, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise GatebotError(f"cannot open database {path}: {exc}") from None
-        conn.row_factory = aiosqlite.Row
-        await conn.execute("PRAGMA journal_mode=WAL")
-        await conn.execute("PRAGMA busy_timeout=10000")
-        await conn.execute("PRAGMA foreign_keys=ON")
-        await conn.execute("PRAGMA synchronous=NORMAL")
-        db = cls(conn, path)
-        await db.migrate()
-        return db
+            conn = await _connect(path, opened)
+            await conn.execute("PRAGMA journal_mode=WAL")
+            await conn.execute("PRAGMA foreign_keys=ON")
+            db = cls(conn, conn, path)
+            await db.migrate()
+            db.reader = await _connect(path, opened)
+            await db.reader.execute("PRAGMA query_only=ON")
+            return db
+        except BaseException:
+            for connection in opened:
+                await connection.close()
+            raise
 
     async def close(self) -> None:
         await self.conn.close()
+        if self.reader is not self.conn:
+            await self.reader.close()
 
     async def schema_version(self) -> int:
         row = await self.fetchone("PRAGMA user_version")
@@ -80,12 +102,12 @@ class Database:
                 await self.conn.execute("COMMIT")
 
     async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Row | None:
-        async with self.conn.execute(sql, tuple(params)) as cursor:
+        async with self.reader.execute(sql, tuple(params)) as cursor:
             row: aiosqlite.Row | None = await cursor.fetchone()
             return row
 
     async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[aiosqlite.Row]:
-        async with self.conn.execute(sql, tuple(params)) as cursor:
+        async with self.reader.execute(sql, tuple(params)) as cursor:
             return list(await cursor.fetchall())
 
     async def execute(self, sql: str, params: Iterable[Any] = ()) -> int:

@@ -1,0 +1,379 @@
+"""Loading and validating the TOML configuration: defaults, errors that name file and key."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gatebot.errors import ConfigError
+from gatebot.settings import (
+    HealthSettings,
+    NginxSettings,
+    ProjectSettings,
+    ServerSettings,
+    Settings,
+    load_settings,
+    parse_settings,
+)
+from tests.harness import ROOT
+
+EXAMPLE = ROOT / "config" / "gatebot.example.toml"
+MINIMAL_PROJECT = 'name = "shop"\nrepo = "https://example.com/acme/shop.git"\nbase_port = 3100\n'
+
+
+def project(**overrides: Any) -> dict[str, Any]:
+    return {"name": "shop", "repo": "https://example.com/acme/shop.git", "base_port": 3100,
+            **overrides}
+
+
+def parse(raw: dict[str, Any], tmp_path: Path, environ: dict[str, str] | None = None) -> Any:
+    return parse_settings(raw, source=tmp_path / "gatebot.toml", environ=environ or {})
+
+
+def config_error(raw: dict[str, Any], tmp_path: Path, environ: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as caught:
+        parse(raw, tmp_path, environ)
+    return str(caught.value)
+
+
+def write(tmp_path: Path, text: str, name: str = "gatebot.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# --- defaults -----------------------------------------------------------------------------
+
+
+def test_minimal_file_gets_the_documented_defaults(tmp_path: Path) -> None:
+    path = write(tmp_path, "[[projects]]\n" + MINIMAL_PROJECT)
+    settings = load_settings(path, environ={})
+    assert settings.source == path
+    assert settings.server.listen == "127.0.0.1:8088"
+    assert (settings.server.host, settings.server.port) == ("127.0.0.1", 8088)
+    assert settings.server.data_dir == Path("/var/lib/gatebot")
+    assert settings.nginx.conf_dir == Path("/etc/nginx/gatebot.d")
+    assert settings.nginx.test_cmd == ["nginx", "-t"]
+    assert settings.nginx.reload_cmd == ["nginx", "-s", "reload"]
+    assert settings.docker.host is None
+    assert settings.docker_host == "unix:///var/run/docker.sock"
+    shop = settings.project("shop")
+    assert (shop.branch, shop.container_port, shop.network) == ("main", 3000, "bridge")
+    assert (shop.dockerfile, shop.context, shop.init) == ("Dockerfile", ".", True)
+    assert (shop.drain_seconds, shop.stop_timeout, shop.keep_releases) == (5.0, 10, 5)
+    assert shop.ports == (3100, 3101)
+    assert shop.site is None
+    assert shop.health.path == "/health"
+    assert (shop.health.retries, shop.health.max_latency_ms) == (30, 1000)
+    assert settings.container_env(shop) == {}
+
+
+def test_example_file_loads() -> None:
+    if not EXAMPLE.exists():
+        pytest.skip("config/gatebot.example.toml is not written yet")
+    text = EXAMPLE.read_text(encoding="utf-8")
+    environ = {name: f"value-of-{name}" for name in re.findall(r'"env:([A-Za-z_]\w*)"', text)}
+    settings = load_settings(EXAMPLE, environ=environ)
+    assert settings.projects, "the example should show at least one project"
+
+
+def test_example_file_values_are_the_model_defaults() -> None:
+    """The example says it lists every key with its default: check that it does not lie."""
+    if not EXAMPLE.exists():
+        pytest.skip("config/gatebot.example.toml is not written yet")
+    settings = load_settings(EXAMPLE, environ={})
+    assert settings.server == ServerSettings()
+    assert settings.nginx == NginxSettings()
+    shop = settings.projects[0]
+    defaults = ProjectSettings(name=shop.name, repo=shop.repo, base_port=shop.base_port)
+    assert shop.model_dump(exclude={"site"}) == defaults.model_dump(exclude={"site"})
+    assert shop.health == HealthSettings()
+
+
+# --- unknown keys, types, values ----------------------------------------------------------
+
+
+def test_unknown_top_level_key_names_file_and_key(tmp_path: Path) -> None:
+    path = write(tmp_path, "colour = 'blue'\n[[projects]]\n" + MINIMAL_PROJECT)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={})
+    assert str(caught.value) == f"{path}: colour: unknown key"
+
+
+def test_unknown_nested_key_names_project_and_key(tmp_path: Path) -> None:
+    path = write(tmp_path, "[[projects]]\n" + MINIMAL_PROJECT + 'color = "blue"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={})
+    assert str(caught.value) == f"{path}: projects[0] (shop).color: unknown key"
+
+
+def test_unknown_key_in_a_nested_table(tmp_path: Path) -> None:
+    message = config_error({"projects": [project(health={"pth": "/x"})]}, tmp_path)
+    assert "projects[0] (shop).health.pth: unknown key" in message
+
+
+def test_bad_type_names_the_key(tmp_path: Path) -> None:
+    message = config_error({"projects": [project(base_port="many")]}, tmp_path)
+    assert message.startswith(f"{tmp_path / 'gatebot.toml'}: projects[0] (shop).base_port: ")
+    assert "integer" in message
+
+
+def test_missing_required_key(tmp_path: Path) -> None:
+    raw = {"projects": [{"name": "shop", "base_port": 3100}]}
+    assert "projects[0] (shop).repo: required key is missing" in config_error(raw, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["Shop", "-shop", "shop_1", "a" * 41, "", "shop.x", "../x"])
+def test_invalid_project_name(tmp_path: Path, name: str) -> None:
+    message = config_error({"projects": [project(name=name)]}, tmp_path)
+    assert ".name: must match" in message
+
+
+@pytest.mark.parametrize("name", ["shop", "a", "0-api", "a" * 40])
+def test_valid_project_names(tmp_path: Path, name: str) -> None:
+    assert parse({"projects": [project(name=name)]}, tmp_path).projects[0].name == name
+
+
+@pytest.mark.parametrize(
+    "repo",
+    ["example.com/shop.git", "ftp://example.com/shop.git", "/srv/git/shop", "--upload-pack=x"],
+)
+def test_bad_repo_url(tmp_path: Path, repo: str) -> None:
+    message = config_error({"projects": [project(repo=repo)]}, tmp_path)
+    assert "projects[0] (shop).repo: must be an https://" in message
+
+
+@pytest.mark.parametrize(
+    "repo",
+    [
+        "https://github.com/acme/shop.git",
+        "ssh://git@example.com/acme/shop.git",
+        "git@github.com:acme/shop.git",
+        "file:///srv/git/shop.git",
+    ],
+)
+def test_good_repo_urls(tmp_path: Path, repo: str) -> None:
+    assert parse({"projects": [project(repo=repo)]}, tmp_path).projects[0].repo == repo
+
+
+def test_duplicate_project_names(tmp_path: Path) -> None:
+    raw = {"projects": [project(), project(base_port=4000)]}
+    message = config_error(raw, tmp_path)
+    assert "projects[1] (shop).name: duplicate project name, also projects[0]" in message
+
+
+def test_overlapping_slot_ports_are_rejected(tmp_path: Path) -> None:
+    raw = {"projects": [project(), project(name="blog", base_port=3101)]}
+    message = config_error(raw, tmp_path)
+    assert "projects[1] (blog).base_port" in message
+    assert "overlap project 'shop'" in message
+
+
+def test_same_base_port_is_rejected(tmp_path: Path) -> None:
+    raw = {"projects": [project(), project(name="blog", base_port=3100)]}
+    assert "overlap" in config_error(raw, tmp_path)
+
+
+def test_adjacent_slot_ports_are_fine(tmp_path: Path) -> None:
+    settings = parse({"projects": [project(), project(name="blog", base_port=3102)]}, tmp_path)
+    assert [p.ports for p in settings.projects] == [(3100, 3101), (3102, 3103)]
+
+
+# --- env: values and env_file -------------------------------------------------------------
+
+
+def test_env_values_are_resolved_from_the_given_environ(tmp_path: Path) -> None:
+    raw = {"projects": [project(env={"DATABASE_URL": "env:SHOP_DB", "MODE": "production"})]}
+    settings = parse(raw, tmp_path, {"SHOP_DB": "postgres://db/shop"})
+    assert settings.container_env(settings.projects[0]) == {
+        "DATABASE_URL": "postgres://db/shop",
+        "MODE": "production",
+    }
+
+
+def test_missing_env_variable_names_key_and_variable_but_no_secret(tmp_path: Path) -> None:
+    secret = "hunter2-Zq9-very-secret"
+    raw = {
+        "projects": [
+            project(env={"DB_PASSWORD": "env:SHOP_DB_PASSWORD", "API_KEY": "env:SHOP_API_KEY"})
+        ]
+    }
+    message = config_error(raw, tmp_path, {"SHOP_DB_PASSWORD": secret})
+    assert "projects[0] (shop).env.API_KEY" in message
+    assert "SHOP_API_KEY" in message
+    assert "is not set" in message
+    assert secret not in message
+
+
+def test_secret_value_never_appears_in_other_errors(tmp_path: Path) -> None:
+    """A resolved secret must not leak through an error about something else."""
+    secret = "s3cret-token-value-42"
+    raw = {"projects": [project(env={"TOKEN": "env:SHOP_TOKEN"}, base_port="x")]}
+    message = config_error(raw, tmp_path, {"SHOP_TOKEN": secret})
+    assert "base_port" in message
+    assert secret not in message
+
+
+def test_secret_fields_read_env_and_stay_hidden(tmp_path: Path) -> None:
+    if "github" not in Settings.model_fields:
+        pytest.skip("no secret fields in the settings yet")
+    secret = "whsec-Xy7-not-for-logs"
+    settings = parse({"github": {"webhook_secret": "env:GH_HOOK"}}, tmp_path, {"GH_HOOK": secret})
+    assert settings.github.webhook_secret is not None
+    assert settings.github.webhook_secret.get_secret_value() == secret
+    assert secret not in repr(settings)
+    assert secret not in str(settings.model_dump())
+    message = config_error({"github": {"webhook_secret": "env:GH_HOOK"}}, tmp_path, {})
+    assert "github.webhook_secret: environment variable GH_HOOK is not set" in message
+
+
+def test_env_file_is_parsed_and_env_overrides_it(tmp_path: Path) -> None:
+    (tmp_path / "shop.env").write_text(
+        "# a comment\n"
+        "\n"
+        "PLAIN=one\n"
+        'DOUBLE="two words"\n'
+        "SINGLE='three'\n"
+        "export EXPORTED=four\n"
+        "  SPACED = five  \n"
+        "WITH_EQUALS=a=b=c\n"
+        "SHARED=from-file\n",
+        encoding="utf-8",
+    )
+    raw = {"projects": [project(env_file="shop.env", env={"SHARED": "from-env"})]}
+    settings = parse(raw, tmp_path)
+    assert settings.container_env(settings.projects[0]) == {
+        "PLAIN": "one",
+        "DOUBLE": "two words",
+        "SINGLE": "three",
+        "EXPORTED": "four",
+        "SPACED": "five",
+        "WITH_EQUALS": "a=b=c",
+        "SHARED": "from-env",
+    }
+
+
+def test_env_file_bad_line_names_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "shop.env").write_text("GOOD=1\nthis is not an assignment\n", encoding="utf-8")
+    message = config_error({"projects": [project(env_file="shop.env")]}, tmp_path)
+    assert "projects[0] (shop).env_file" in message
+    assert "shop.env line 2: expected KEY=VALUE" in message
+
+
+def test_missing_env_file(tmp_path: Path) -> None:
+    message = config_error({"projects": [project(env_file="nope.env")]}, tmp_path)
+    assert "projects[0] (shop).env_file: cannot read" in message
+    assert "nope.env" in message
+
+
+# --- paths, files ------------------------------------------------------------------------
+
+
+def test_relative_paths_resolve_against_the_config_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf_folder = tmp_path / "etc" / "gatebot"
+    conf_folder.mkdir(parents=True)
+    path = write(conf_folder, '[server]\ndata_dir = "state"\n[nginx]\nconf_dir = "../nginx.d"\n')
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    settings = load_settings(path, environ={})
+    assert settings.server.data_dir == conf_folder / "state"
+    assert settings.nginx.conf_dir == tmp_path / "etc" / "nginx.d"
+
+
+def test_absolute_data_dir_is_kept(tmp_path: Path) -> None:
+    settings = parse({"server": {"data_dir": "/srv/gatebot"}}, tmp_path)
+    assert settings.server.data_dir == Path("/srv/gatebot")
+
+
+def test_toml_syntax_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "[server\nlisten = 1\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={})
+    assert str(caught.value).startswith(f"{path}: invalid TOML:")
+    assert "line 1" in str(caught.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "absent.toml"
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={})
+    assert str(caught.value) == f"{path}: file not found"
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1", "8088", ":8088", "host:port", "127.0.0.1:0",
+                                    "127.0.0.1:70000"])
+def test_server_listen_must_be_host_port(tmp_path: Path, listen: str) -> None:
+    assert "server.listen: must be HOST:PORT" in config_error(
+        {"server": {"listen": listen}}, tmp_path
+    )
+
+
+# --- nginx site -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("listen", "80; include /etc/passwd"),
+        ("listen", "80 }"),
+        ("listen", "80 { "),
+        ("listen", '"80"'),
+        ("listen", ""),
+        ("server_name", "shop.example.com; include /etc/passwd"),
+        ("server_name", "x #comment"),
+        ("server_name", "a}b"),
+        ("server_name", "'x'"),
+    ],
+)
+def test_site_rejects_nginx_injection(tmp_path: Path, key: str, value: str) -> None:
+    message = config_error({"projects": [project(site={key: value})]}, tmp_path)
+    assert f"projects[0] (shop).site.{key}:" in message
+
+
+@pytest.mark.parametrize(
+    ("listen", "server_name"),
+    [
+        ("80", "_"),
+        ("127.0.0.1:8080 default_server", "shop.example.com www.shop.example.com"),
+        ("[::1]:80", "~^shop\\.example\\.com$"),
+        ("unix:/run/shop.sock", "*.example.com"),
+    ],
+)
+def test_site_accepts_ordinary_values(tmp_path: Path, listen: str, server_name: str) -> None:
+    site = {"listen": listen, "server_name": server_name}
+    settings = parse({"projects": [project(site=site)]}, tmp_path)
+    assert settings.projects[0].site is not None
+    assert (settings.projects[0].site.listen, settings.projects[0].site.server_name) == (
+        listen,
+        server_name,
+    )
+
+
+def test_site_listen_rejects_a_trailing_backslash(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        parse({"projects": [project(site={"listen": "80\\"})]}, tmp_path)
+
+
+# --- docker host ----------------------------------------------------------------------------
+
+
+def test_docker_host_comes_from_docker_host_when_absent(tmp_path: Path) -> None:
+    settings = parse({}, tmp_path, {"DOCKER_HOST": "unix:///run/private/docker.sock"})
+    assert settings.docker.host == "unix:///run/private/docker.sock"
+    assert settings.docker_host == "unix:///run/private/docker.sock"
+
+
+def test_configured_docker_host_wins_over_docker_host(tmp_path: Path) -> None:
+    raw = {"docker": {"host": "tcp://127.0.0.1:2375"}}
+    settings = parse(raw, tmp_path, {"DOCKER_HOST": "unix:///run/private/docker.sock"})
+    assert settings.docker_host == "tcp://127.0.0.1:2375"
+
+
+def test_docker_host_default_without_either(tmp_path: Path) -> None:
+    assert parse({}, tmp_path, {}).docker_host == "unix:///var/run/docker.sock"

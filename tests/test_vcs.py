@@ -1,0 +1,223 @@
+"""The git source against real repositories over file://: clone, fetch, exact SHAs, errors."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from gatebot.errors import SourceError
+from gatebot.vcs import GitSource, redact_url
+
+GIT = ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com"]
+
+
+def git(*args: str, cwd: Path) -> str:
+    result = subprocess.run([*GIT, *args], cwd=cwd, check=True, capture_output=True, text=True)
+    return result.stdout.strip()
+
+
+class Remote:
+    """A bare repository and a working copy that pushes to it."""
+
+    def __init__(self, root: Path) -> None:
+        self.bare = root / "remote.git"
+        self.work = root / "author"
+        root.mkdir(parents=True, exist_ok=True)
+        git("init", "-q", "--bare", "-b", "main", str(self.bare), cwd=root)
+        git("init", "-q", "-b", "main", str(self.work), cwd=root)
+        git("remote", "add", "origin", str(self.bare), cwd=self.work)
+
+    @property
+    def url(self) -> str:
+        return f"file://{self.bare}"
+
+    def commit(self, content: str, branch: str = "main", message: str | None = None) -> str:
+        (self.work / "app.txt").write_text(content + "\n")
+        git("add", "-A", cwd=self.work)
+        git("commit", "-q", "-m", message or f"app {content}\n\nlonger body", cwd=self.work)
+        git("push", "-q", "origin", f"HEAD:refs/heads/{branch}", cwd=self.work)
+        return git("rev-parse", "HEAD", cwd=self.work)
+
+
+@pytest.fixture
+def remote(tmp_path: Path) -> Remote:
+    return Remote(tmp_path / "remote")
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> GitSource:
+    return GitSource(tmp_path / "checkouts")
+
+
+def head(path: Path) -> str:
+    return git("rev-parse", "HEAD", cwd=path)
+
+
+def content(path: Path) -> str:
+    return (path / "app.txt").read_text().strip()
+
+
+async def test_first_checkout_clones(remote: Remote, source: GitSource) -> None:
+    sha = remote.commit("v1")
+    assert not source.path("shop").exists()
+    checkout = await source.checkout("shop", remote.url, "main", None)
+    assert checkout.path == source.path("shop")
+    assert (checkout.path / ".git").is_dir()
+    assert checkout.sha == sha == head(checkout.path)
+    assert checkout.message == "app v1", "the subject line only"
+    assert content(checkout.path) == "v1"
+
+
+async def test_later_checkout_fetches_new_commits(remote: Remote, source: GitSource) -> None:
+    remote.commit("v1")
+    await source.checkout("shop", remote.url, "main", None)
+    sha2 = remote.commit("v2")
+    checkout = await source.checkout("shop", remote.url, "main", None)
+    assert checkout.sha == sha2 == head(checkout.path)
+    assert content(checkout.path) == "v2"
+
+
+async def test_new_commit_by_sha_after_the_first_clone(remote: Remote, source: GitSource) -> None:
+    remote.commit("v1")
+    await source.checkout("shop", remote.url, "main", None)
+    sha2 = remote.commit("v2")
+    checkout = await source.checkout("shop", remote.url, "main", sha2)
+    assert (checkout.sha, content(checkout.path)) == (sha2, "v2")
+
+
+async def test_exact_sha_that_is_not_the_branch_head(remote: Remote, source: GitSource) -> None:
+    sha1 = remote.commit("v1")
+    remote.commit("v2")
+    checkout = await source.checkout("shop", remote.url, "main", sha1)
+    assert checkout.sha == sha1 == head(checkout.path)
+    assert content(checkout.path) == "v1"
+
+
+async def test_short_sha(remote: Remote, source: GitSource) -> None:
+    sha1 = remote.commit("v1")
+    remote.commit("v2")
+    checkout = await source.checkout("shop", remote.url, "main", sha1[:8])
+    assert checkout.sha == sha1
+    assert content(checkout.path) == "v1"
+
+
+async def test_sha_on_another_branch(remote: Remote, source: GitSource) -> None:
+    remote.commit("v1")
+    feature = remote.commit("feature", branch="feature")
+    checkout = await source.checkout("shop", remote.url, "main", feature)
+    assert (checkout.sha, content(checkout.path)) == (feature, "feature")
+
+
+async def test_other_branch_head(remote: Remote, source: GitSource) -> None:
+    remote.commit("v1")
+    staging = remote.commit("staging", branch="staging")
+    checkout = await source.checkout("shop", remote.url, "staging", None)
+    assert checkout.sha == staging
+
+
+async def test_unknown_sha(remote: Remote, source: GitSource) -> None:
+    remote.commit("v1")
+    with pytest.raises(SourceError, match="commit 0123456789abcdef0123 not found"):
+        await source.checkout("shop", remote.url, "main", "0123456789abcdef0123")
+
+
+@pytest.mark.parametrize(
+    "sha", ["--upload-pack=x", "-x", "HEAD~1", "main", "abc123", "g123456", "a" * 65, "abc1234 "]
+)
+async def test_bad_sha_syntax_fails_before_any_git_call(
+    remote: Remote, source: GitSource, sha: str
+) -> None:
+    remote.commit("v1")
+    with pytest.raises(SourceError, match="is not a commit SHA"):
+        await source.checkout("shop", remote.url, "main", sha)
+    assert not source.path("shop").exists(), "nothing was cloned"
+    assert not source.workdir.exists()
+
+
+async def test_missing_branch(remote: Remote, source: GitSource) -> None:
+    remote.commit("v1")
+    with pytest.raises(SourceError) as caught:
+        await source.checkout("shop", remote.url, "release", None)
+    assert "release" in str(caught.value)
+
+
+async def test_local_changes_are_discarded(remote: Remote, source: GitSource) -> None:
+    remote.commit("v1")
+    checkout = await source.checkout("shop", remote.url, "main", None)
+    (checkout.path / "app.txt").write_text("edited by hand\n")
+    (checkout.path / "stray.log").write_text("left behind\n")
+    (checkout.path / "build").mkdir()
+    again = await source.checkout("shop", remote.url, "main", None)
+    assert content(again.path) == "v1"
+    assert sorted(p.name for p in again.path.iterdir()) == [".git", "app.txt"]
+
+
+async def test_changed_url_is_followed(remote: Remote, source: GitSource, tmp_path: Path) -> None:
+    remote.commit("v1")
+    await source.checkout("shop", remote.url, "main", None)
+    moved = Remote(tmp_path / "moved")
+    sha = moved.commit("moved")
+    checkout = await source.checkout("shop", moved.url, "main", None)
+    assert checkout.sha == sha
+    assert git("remote", "get-url", "origin", cwd=checkout.path) == moved.url
+
+
+async def test_half_made_checkout_without_git_is_replaced(
+    remote: Remote, source: GitSource
+) -> None:
+    sha = remote.commit("v1")
+    leftover = source.path("shop")
+    (leftover / "partial").mkdir(parents=True)
+    (leftover / "partial" / "junk").write_text("x")
+    checkout = await source.checkout("shop", remote.url, "main", None)
+    assert checkout.sha == sha
+    assert not (leftover / "partial").exists()
+    assert content(checkout.path) == "v1"
+
+
+async def test_half_made_clone_with_git_but_no_origin_is_replaced(
+    remote: Remote, source: GitSource
+) -> None:
+    sha = remote.commit("v1")
+    leftover = source.path("shop")
+    leftover.mkdir(parents=True)
+    git("init", "-q", cwd=leftover)
+    checkout = await source.checkout("shop", remote.url, "main", None)
+    assert checkout.sha == sha
+
+
+# --- credentials ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("https://user:tok3n@github.com/acme/shop.git", "https://***@github.com/acme/shop.git"),
+        ("https://x-access-token:ghs_abc@github.com/a/b", "https://***@github.com/a/b"),
+        ("https://oauth2@gitlab.com/a/b.git", "https://***@gitlab.com/a/b.git"),
+        (
+            "fatal: unable to access 'https://u:p4ss@host/x.git/': refused",
+            "fatal: unable to access 'https://***@host/x.git/': refused",
+        ),
+        ("two: http://a:b@h1/x and ssh://c:d@h2/y", "two: http://***@h1/x and ssh://***@h2/y"),
+        ("https://github.com/acme/shop.git", "https://github.com/acme/shop.git"),
+        ("git@github.com:acme/shop.git", "git@github.com:acme/shop.git"),
+        ("file:///srv/git/shop.git", "file:///srv/git/shop.git"),
+    ],
+)
+def test_redact_url(text: str, expected: str) -> None:
+    assert redact_url(text) == expected
+
+
+async def test_clone_failure_does_not_reveal_credentials(source: GitSource) -> None:
+    url = "https://user:s3cret@127.0.0.1:9/x.git"  # nothing listens on port 9
+    with pytest.raises(SourceError) as caught:
+        await source.checkout("shop", url, "main", None)
+    message = str(caught.value)
+    assert message.startswith("git clone failed:")
+    assert "127.0.0.1" in message
+    assert "s3cret" not in message
+    assert "s3cret" not in repr(caught.value)
+    assert caught.value.__cause__ is None
