@@ -9,8 +9,11 @@ delivery is either acknowledged and queued, or neither.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sqlite3
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
 
 import aiosqlite
@@ -50,7 +53,7 @@ class Job:
     finished_at: str | None
 
     @classmethod
-    def from_row(cls, row: aiosqlite.Row) -> Job:
+    def from_row(cls, row: aiosqlite.Row | sqlite3.Row) -> Job:
         data = dict(row)
         data["context"] = json.loads(data["context"] or "{}")
         return cls(**data)
@@ -74,9 +77,86 @@ class DuplicateDelivery(GatebotError):
     """The forge sent this delivery before; it was handled then."""
 
 
+_Outcome = tuple[list[Job], list[tuple[Job, Job]]]
+
+
+@dataclass
+class _Pending:
+    """An enqueue waiting for the next group commit."""
+
+    jobs: list[NewJob]
+    delivery: tuple[str, str, str] | None
+    supersede: bool
+    future: asyncio.Future[_Outcome]
+
+
+def _apply_all(batch: list[_Pending], conn: sqlite3.Connection) -> list[_Outcome | Exception]:
+    return [_apply(conn, pending) for pending in batch]
+
+
+def _apply(conn: sqlite3.Connection, pending: _Pending) -> _Outcome | Exception:
+    """One caller's share of a group commit, under its own savepoint (on the write thread)."""
+    conn.execute("SAVEPOINT enqueue")
+    try:
+        outcome = _enqueue_rows(conn, pending)
+    except Exception as exc:
+        conn.execute("ROLLBACK TO enqueue")
+        conn.execute("RELEASE enqueue")
+        return exc
+    conn.execute("RELEASE enqueue")
+    return outcome
+
+
+def _enqueue_rows(conn: sqlite3.Connection, pending: _Pending) -> _Outcome:
+    now = utcnow()
+    if pending.delivery is not None:
+        forge, delivery_id, event = pending.delivery
+        recorded = conn.execute(
+            "INSERT OR IGNORE INTO deliveries (forge, delivery_id, event, outcome, received_at)"
+            " VALUES (?, ?, ?, ?, ?) RETURNING delivery_id",
+            (forge, delivery_id, event, "queued" if pending.jobs else "ignored", now),
+        ).fetchall()
+        if not recorded:
+            raise DuplicateDelivery(f"delivery {delivery_id} was received before")
+    created: list[Job] = []
+    superseded: list[tuple[Job, Job]] = []
+    for job in pending.jobs:
+        [row] = conn.execute(
+            "INSERT INTO jobs (project, kind, sha, target, state, trigger, delivery_id,"
+            " context, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?) RETURNING *",
+            (
+                job.project,
+                job.kind,
+                job.sha,
+                job.target,
+                job.trigger,
+                job.delivery_id,
+                json.dumps(job.context or {}),
+                now,
+                now,
+            ),
+        ).fetchall()
+        new = Job.from_row(row)
+        created.append(new)
+        if pending.supersede and job.kind == "deploy":
+            older = conn.execute(
+                "UPDATE jobs SET state = 'superseded', superseded_by = ?, updated_at = ?,"
+                " finished_at = ? WHERE project = ? AND state = 'queued'"
+                " AND kind = 'deploy' AND id < ? RETURNING *",
+                (new.id, now, now, job.project, new.id),
+            ).fetchall()
+            superseded += sorted(
+                ((Job.from_row(r), new) for r in older), key=lambda pair: pair[0].id
+            )
+    return created, superseded
+
+
 class Jobs:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._pending: list[_Pending] = []
+        self._committer: asyncio.Task[None] | None = None
 
     async def get(self, job_id: int) -> Job | None:
         row = await self.db.fetchone("SELECT * FROM jobs WHERE id = ?", (job_id,))
@@ -131,46 +211,51 @@ class Jobs:
         With `supersede`, a project's queued deploy jobs are marked superseded by the new one.
         Raises DuplicateDelivery when the delivery was recorded before; nothing is written then.
         """
-        now = utcnow()
-        ids: list[int] = []
-        async with self.db.transaction() as conn:
-            if delivery is not None:
-                forge, delivery_id, event = delivery
-                cursor = await conn.execute(
-                    "INSERT OR IGNORE INTO deliveries (forge, delivery_id, event, outcome,"
-                    " received_at) VALUES (?, ?, ?, ?, ?)",
-                    (forge, delivery_id, event, "queued" if jobs else "ignored", now),
-                )
-                if cursor.rowcount == 0:
-                    raise DuplicateDelivery(f"delivery {delivery_id} was received before")
-            for job in jobs:
-                cursor = await conn.execute(
-                    "INSERT INTO jobs (project, kind, sha, target, state, trigger, delivery_id,"
-                    " context, created_at, updated_at)"
-                    " VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
-                    (
-                        job.project,
-                        job.kind,
-                        job.sha,
-                        job.target,
-                        job.trigger,
-                        job.delivery_id,
-                        json.dumps(job.context or {}),
-                        now,
-                        now,
-                    ),
-                )
-                new_id = cursor.lastrowid
-                assert new_id is not None
-                ids.append(new_id)
-                if supersede and job.kind == "deploy":
-                    await conn.execute(
-                        "UPDATE jobs SET state = 'superseded', superseded_by = ?, updated_at = ?,"
-                        " finished_at = ? WHERE project = ? AND state = 'queued'"
-                        " AND kind = 'deploy' AND id < ?",
-                        (new_id, now, now, job.project, new_id),
-                    )
-        return [await self.require(i) for i in ids]
+        created, _ = await self.enqueue_superseding(jobs, delivery=delivery, supersede=supersede)
+        return created
+
+    async def enqueue_superseding(
+        self,
+        jobs: list[NewJob],
+        *,
+        delivery: tuple[str, str, str] | None = None,
+        supersede: bool = False,
+    ) -> tuple[list[Job], list[tuple[Job, Job]]]:
+        """`enqueue`, also returning the (superseded job, newer job) pairs.
+
+        Group commit: the calls waiting at one moment are written in one transaction, in one
+        call on the database's write thread, each under a savepoint of its own (so each is
+        still all or nothing, and a duplicate is refused alone). Every caller hears only after
+        that commit, with the rows its own INSERT and UPDATE returned, never from a later read.
+        """
+        future: asyncio.Future[_Outcome] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(list(jobs), delivery, supersede, future))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_pending())
+        return await future
+
+    async def _commit_pending(self) -> None:
+        while self._pending:
+            batch = [p for p in self._pending if not p.future.done()]
+            self._pending = []
+            if not batch:
+                continue
+            try:
+                outcomes = await self.db.write_in_thread(partial(_apply_all, batch))
+            except BaseException as exc:  # the commit failed: none of the batch was written
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(GatebotError(f"could not record the job: {exc}"))
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            for p, outcome in zip(batch, outcomes, strict=True):
+                if p.future.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    p.future.set_exception(outcome)
+                else:
+                    p.future.set_result(outcome)
 
     async def superseded_by(self, job_id: int) -> list[Job]:
         rows = await self.db.fetchall(
