@@ -1,6 +1,7 @@
 """The aiohttp application factory: the one place the server's parts are wired together.
 
-`create_app(settings)` builds the app; its cleanup context opens the engine (database, Docker),
+`create_app(settings)` builds the app (webhooks, the REST API, deployment pages, metrics, probes);
+its cleanup context opens the engine (database, Docker),
 runs start-up reconciliation and recovers interrupted jobs before deploys run, starts the queue,
 and on shutdown lets running deploys finish (bounded by [queue] shutdown_timeout).
 """
@@ -14,16 +15,20 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from gatebot.api import probes, webhooks
+from gatebot.api import pages, probes, v1, webhooks
 from gatebot.api.errors import error_middleware
-from gatebot.api.keys import ENGINE, QUEUE, SETTINGS
+from gatebot.api.keys import ENGINE, FEEDBACK, QUEUE, SETTINGS
+from gatebot.api.problems import problem_middleware
 from gatebot.errors import RuntimeUnavailable
+from gatebot.feedback import ForgeFeedback, comment_runner
+from gatebot.metrics import METRICS, Metrics, MetricsObserver, counted, webhook_metrics
+from gatebot.metrics import routes as metrics_routes
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.jobs import run_job
 from gatebot.pipeline.reconcile import reconcile
 from gatebot.queue import JobObserver, JobQueue
 from gatebot.settings import Settings
-from gatebot.wiring import open_engine
+from gatebot.wiring import open_engine, open_forges
 
 log = logging.getLogger("gatebot.app")
 
@@ -33,22 +38,35 @@ STARTUP_RETRY_SECONDS = 5.0
 
 def create_app(settings: Settings, *, observers: ObserverFactory | None = None) -> web.Application:
     app = web.Application(
-        client_max_size=settings.server.max_body_bytes, middlewares=[error_middleware]
+        client_max_size=settings.server.max_body_bytes,
+        middlewares=[webhook_metrics, error_middleware, problem_middleware],
     )
+    metrics = Metrics()
     app[SETTINGS] = settings
+    app[METRICS] = metrics
     app.add_routes(probes.routes)
     app.add_routes(webhooks.routes)
+    app.add_routes(v1.routes)
+    app.add_routes(pages.routes)
+    app.add_routes(metrics_routes)
 
     async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
-        async with open_engine(settings) as engine:
+        async with open_engine(settings) as engine, open_forges(settings) as forges:
+            engine.proxy.on_reload = metrics.nginx_reload
+            feedback = ForgeFeedback(settings, counted(forges, metrics))
             queue = JobQueue(
                 engine,
                 settings.queue,
-                run_job,
-                observers(settings, engine) if observers else [],
+                comment_runner(settings, feedback, run_job),
+                [
+                    MetricsObserver(metrics),
+                    feedback,
+                    *(observers(settings, engine) if observers else []),
+                ],
             )
             app[ENGINE] = engine
             app[QUEUE] = queue
+            app[FEEDBACK] = feedback
             starter: asyncio.Task[None] | None = None
             if not await start_work(engine, queue):
                 starter = asyncio.create_task(retry_start(engine, queue))
@@ -58,6 +76,7 @@ def create_app(settings: Settings, *, observers: ObserverFactory | None = None) 
                 with contextlib.suppress(asyncio.CancelledError):
                     await starter
             await queue.stop()
+            await feedback.close()
 
     app.cleanup_ctx.append(engine_ctx)
     return app

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from gatebot.errors import ConfigError, GatebotError, LockHeld, StageFailed, UnknownProject
+from gatebot.logs import configure_logging, secrets_of
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.journal import JournalEvent
 from gatebot.settings import Settings, config_path, load_settings
@@ -55,22 +56,38 @@ def build_parser() -> argparse.ArgumentParser:
         "reconcile", help="repair Docker and nginx state from the database (also run at start)"
     )
     reconcile.add_argument("project", nargs="?")
+
+    token = commands.add_parser("token", help="API tokens: create, list, revoke")
+    actions = token.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = actions.add_parser("create", help="create a token and print it (shown only once)")
+    create.add_argument("name", help="who or what uses it, e.g. ci or alice")
+    create.add_argument(
+        "--scope",
+        choices=["read", "deploy"],
+        default="read",
+        help="read: look only; deploy: also deploy, roll back, cancel (default: read)",
+    )
+    listing = actions.add_parser("list", help="the tokens (never their secret)")
+    listing.add_argument("--all", action="store_true", help="include revoked tokens")
+    listing.add_argument("--json", action="store_true")
+    revoke = actions.add_parser("revoke", help="revoke a token at once")
+    revoke.add_argument("name", help="the token's name (or its id)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    level = logging.INFO if args.verbose else logging.WARNING
+    configure_logging("text", level)
     try:
         settings = load_settings(config_path(args.config))
+        configure_logging(settings.server.log_format, level, secrets=secrets_of(settings))
         if args.command == "check-config":
             return check_config(settings, sys.stdout)
         if args.command == "serve":
             return serve(settings, verbose=args.verbose)
+        if args.command == "token":
+            return asyncio.run(cmd_token(settings, args, sys.stdout))
         return asyncio.run(run_command(settings, args, sys.stdout))
     except (ConfigError, UnknownProject) as exc:
         print(f"gatebot: {exc}", file=sys.stderr)
@@ -270,6 +287,48 @@ async def cmd_history(engine: Engine, args: argparse.Namespace, out: TextIO) -> 
             f"{d.color or '-':<5} {d.created_at}  {d.trigger}{problem}",
             file=out,
         )
+    return EXIT_OK
+
+
+async def cmd_token(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    """Tokens live in the database only; no Docker engine or nginx is needed."""
+    from gatebot.store import Store
+    from gatebot.store.tokens import TokenError
+
+    store = await Store.open(settings.server.data_dir / "gatebot.db")
+    try:
+        if args.action == "create":
+            token, secret = await store.tokens.create(args.name, args.scope)
+            await store.audit.record(_trigger(), "token create", detail=token.name)
+            print(secret, file=out)
+            print(
+                f"gatebot: token {token.name!r} (scope {token.scope}, id {token.lookup}) created; "
+                "this is the only time it is shown: keep it secret",
+                file=sys.stderr,
+            )
+        elif args.action == "revoke":
+            token = await store.tokens.revoke(args.name)
+            await store.audit.record(_trigger(), "token revoke", detail=token.name)
+            print(f"revoked token {token.name!r} (id {token.lookup})", file=out)
+        else:
+            tokens = await store.tokens.list(include_revoked=args.all)
+            if args.json:
+                json.dump({"tokens": [t.to_dict() for t in tokens]}, out, indent=2)
+                out.write("\n")
+            elif not tokens:
+                print("no tokens; create one with `gatebot token create NAME`", file=out)
+            for t in [] if args.json else tokens:
+                revoked = f"  revoked {t.revoked_at}" if t.revoked_at else ""
+                print(
+                    f"{t.name:<20} {t.scope:<6} id {t.lookup}  created {t.created_at}  "
+                    f"last used {t.last_used_at or 'never'}{revoked}",
+                    file=out,
+                )
+    except TokenError as exc:
+        print(f"gatebot: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        await store.close()
     return EXIT_OK
 
 

@@ -5,6 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import aiohttp
+
+from gatebot.forges.base import ForgeClient
+from gatebot.forges.github.client import GitHubClient
+from gatebot.forges.gitlab.client import GitLabClient
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.lock import ProjectLocks
 from gatebot.proxy.nginx import NginxProxy
@@ -12,6 +17,23 @@ from gatebot.runtime.docker import DockerRuntime
 from gatebot.settings import Settings
 from gatebot.store import Store
 from gatebot.vcs import GitSource
+
+
+@asynccontextmanager
+async def open_forges(settings: Settings) -> AsyncIterator[dict[str, ForgeClient]]:
+    """A client for each forge whose API credentials are configured, sharing one session."""
+    async with aiohttp.ClientSession() as session:
+        clients: dict[str, ForgeClient] = {}
+        github, gitlab = settings.github, settings.gitlab
+        if github.token is not None or github.app_id is not None:
+            clients["github"] = GitHubClient(github, session)
+        if gitlab.token is not None:
+            clients["gitlab"] = GitLabClient(gitlab, session)
+        try:
+            yield clients
+        finally:
+            for client in clients.values():
+                await client.close()
 
 
 @asynccontextmanager

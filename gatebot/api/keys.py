@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gatebot.feedback import ForgeFeedback
 from gatebot.pipeline.engine import Engine
 from gatebot.queue import JobQueue
 from gatebot.settings import Settings
@@ -11,3 +12,4 @@ from gatebot.settings import Settings
 SETTINGS = web.AppKey("settings", Settings)
 ENGINE = web.AppKey("engine", Engine)
 QUEUE = web.AppKey("queue", JobQueue)
+FEEDBACK = web.AppKey("feedback", ForgeFeedback)

@@ -13,8 +13,10 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from gatebot.api.keys import QUEUE, SETTINGS
+from gatebot.api.keys import FEEDBACK, QUEUE, SETTINGS
 from gatebot.events import CommentCommand, Event, Ignored, Ping, Push
+from gatebot.feedback import plan_comment
+from gatebot.forges.base import RepoRef
 from gatebot.forges.errors import WebhookRejected
 from gatebot.forges.github import sansio as github
 from gatebot.forges.gitlab import sansio as gitlab
@@ -159,7 +161,8 @@ async def accept(request: web.Request, event: Event) -> web.Response:
     elif isinstance(event, Push):
         jobs, reason = plan_push(settings, event)
     elif isinstance(event, CommentCommand):
-        reason = "comment commands are not handled"
+        job, reason = plan_comment(settings, event)
+        jobs = [job] if job else []
     extra = {"delivery": event.delivery_id}
     try:
         created = await queue.submit(
@@ -170,6 +173,13 @@ async def accept(request: web.Request, event: Event) -> web.Response:
         return web.json_response({"duplicate": True, "delivery": event.delivery_id})
     if isinstance(event, Ping):
         return web.json_response({"ok": True, "event": "ping"})
+    if isinstance(event, CommentCommand) and reason and reason.startswith("reply:"):
+        answer = reason.removeprefix("reply:")
+        request.app[FEEDBACK].reply(event.forge, RepoRef.of(event), event.sha, answer)
+        log.info(
+            "%s delivery %s: command not understood", event.forge, event.delivery_id, extra=extra
+        )
+        return web.json_response({"ignored": True, "reason": "usage", "reply": answer})
     if not created:
         log.info("%s delivery %s ignored: %s", event.forge, event.delivery_id, reason, extra=extra)
         return web.json_response({"ignored": True, "reason": reason})

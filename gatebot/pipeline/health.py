@@ -19,9 +19,10 @@ from gatebot.errors import HealthCheckFailed
 from gatebot.runtime.base import Runtime
 from gatebot.settings import HealthSettings
 
-
 ProbeListener = Callable[[float, bool], None]  # (latency in seconds, healthy?)
-_probe_listener: ContextVar[ProbeListener | None] = ContextVar("gatebot_probe_listener", default=None)
+_probe_listener: ContextVar[ProbeListener | None] = ContextVar(
+    "gatebot_probe_listener", default=None
+)
 
 
 def listen_to_probes(listener: ProbeListener | None) -> None:

@@ -1,6 +1,6 @@
 """All of gatebot's state, in one SQLite database opened through aiosqlite.
 
-`Store` bundles the repositories (deployments, and later jobs, deliveries, tokens) over one
+`Store` bundles the repositories (deployments, jobs, deliveries, tokens, audit) over one
 `Database`, so the wiring code opens one thing and passes one thing around.
 """
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from gatebot.store.db import Database
 from gatebot.store.deployments import Deployment, Deployments, Step
 from gatebot.store.jobs import Deliveries, Job, Jobs, NewJob
+from gatebot.store.tokens import Audit, Token, Tokens
 
 
 @dataclass(frozen=True)
@@ -20,17 +21,27 @@ class Store:
     deployments: Deployments
     jobs: Jobs
     deliveries: Deliveries
+    tokens: Tokens
+    audit: Audit
 
     @classmethod
     async def open(cls, path: Path) -> Store:
         db = await Database.open(path)
-        return cls(db=db, deployments=Deployments(db), jobs=Jobs(db), deliveries=Deliveries(db))
+        return cls(
+            db=db,
+            deployments=Deployments(db),
+            jobs=Jobs(db),
+            deliveries=Deliveries(db),
+            tokens=Tokens(db),
+            audit=Audit(db),
+        )
 
     async def close(self) -> None:
         await self.db.close()
 
 
 __all__ = [
+    "Audit",
     "Database",
     "Deliveries",
     "Deployment",
@@ -40,4 +51,6 @@ __all__ = [
     "NewJob",
     "Step",
     "Store",
+    "Token",
+    "Tokens",
 ]

@@ -73,4 +73,29 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (forge, delivery_id)
     )
     """,
+    # 3: API tokens (only a hash of each is kept) and the audit trail of API calls that change
+    # something
+    """
+    CREATE TABLE tokens (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        lookup TEXT NOT NULL UNIQUE,
+        hash TEXT NOT NULL,
+        scope TEXT NOT NULL CHECK (scope IN ('read', 'deploy')),
+        created_at TEXT NOT NULL,
+        last_used_at TEXT,
+        revoked_at TEXT
+    );
+    CREATE UNIQUE INDEX tokens_live_name ON tokens (name) WHERE revoked_at IS NULL;
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        project TEXT,
+        job_id INTEGER REFERENCES jobs (id),
+        detail TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX audit_at ON audit (at)
+    """,
 ]

@@ -1,0 +1,294 @@
+"""Prometheus metrics for one gatebot server, served at GET /metrics.
+
+Each app gets its own `CollectorRegistry`, so several servers in one process (the tests) never
+share a counter. The numbers come from where things happen without the pipeline importing
+anything from here: a JobObserver for jobs and durations, a listener on the nginx proxy for
+reloads, a per-job health-probe listener for latencies, a middleware for webhooks, and a
+counting wrapper around each forge client. Job
+counts by state are read from SQLite when /metrics is scraped, so they are right after a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+
+from gatebot.api.errors import Handler
+from gatebot.api.keys import ENGINE
+from gatebot.forges.base import CommitRef, DeployState, ForgeClient, RepoRef, StatusTarget
+from gatebot.pipeline.engine import Engine
+from gatebot.pipeline.health import listen_to_probes
+from gatebot.pipeline.journal import JournalEvent
+from gatebot.store.deployments import Deployment
+from gatebot.store.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, SUPERSEDED, Job
+
+log = logging.getLogger("gatebot.metrics")
+T = TypeVar("T")
+
+JOB_STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, SUPERSEDED, CANCELLED)
+FORGES = ("github", "gitlab")
+DURATION_BUCKETS = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800)
+LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+# Event names a label may take; anything else is "other", so an unsigned request cannot
+# create a new time series per made-up header value.
+KNOWN_EVENTS = frozenset(
+    {
+        "push",
+        "ping",
+        "commit_comment",
+        "issue_comment",
+        "pull_request",
+        "create",
+        "delete",
+        "release",
+        "status",
+        "check_run",
+        "check_suite",
+        "workflow_run",
+        "push_hook",
+        "tag_push_hook",
+        "note_hook",
+        "merge_request_hook",
+        "pipeline_hook",
+        "job_hook",
+        "issue_hook",
+        "release_hook",
+        "system_hook",
+    }
+)
+EVENT_HEADERS = {"github": "X-GitHub-Event", "gitlab": "X-Gitlab-Event"}
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.webhooks = Counter(
+            "gatebot_webhooks_received",
+            "Webhook deliveries received, by forge, event and outcome",
+            ["forge", "event", "outcome"],
+            registry=r,
+        )
+        self.jobs = Gauge(
+            "gatebot_jobs", "Jobs by state (from the database)", ["state"], registry=r
+        )
+        self.queue_depth = Gauge("gatebot_queue_depth", "Jobs waiting to run", registry=r)
+        self.jobs_finished = Counter(
+            "gatebot_jobs_finished",
+            "Jobs that ended in this process, by kind and final state",
+            ["kind", "state"],
+            registry=r,
+        )
+        self.deploy_seconds = Histogram(
+            "gatebot_deploy_duration_seconds",
+            "How long a deploy job ran, by outcome (succeeded, failed)",
+            ["outcome"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.rollback_seconds = Histogram(
+            "gatebot_rollback_duration_seconds",
+            "How long a rollback job ran, by outcome (succeeded, failed)",
+            ["outcome"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.health_latency = Histogram(
+            "gatebot_health_check_latency_seconds",
+            "Latency of each answered health probe, by outcome (healthy, unhealthy)",
+            ["outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.nginx_reloads = Counter(
+            "gatebot_nginx_reloads",
+            "nginx configuration changes, by outcome (ok, rejected by the test, reload failed)",
+            ["outcome"],
+            registry=r,
+        )
+        self.forge_calls = Counter(
+            "gatebot_forge_api_calls",
+            "Calls to a forge's API (commit statuses, comments, permissions), by outcome",
+            ["forge", "outcome"],
+            registry=r,
+        )
+        for state in JOB_STATES:
+            self.jobs.labels(state)
+        for outcome in ("succeeded", "failed"):
+            self.deploy_seconds.labels(outcome)
+            self.rollback_seconds.labels(outcome)
+        for outcome in ("ok", "rejected", "failed"):
+            self.nginx_reloads.labels(outcome)
+        for forge in FORGES:
+            for outcome in ("ok", "error"):
+                self.forge_calls.labels(forge, outcome)
+
+    # --- listeners handed to the parts that do the work ------------------------------------
+
+    def nginx_reload(self, outcome: str) -> None:
+        self.nginx_reloads.labels(outcome).inc()
+
+    def health_probe(self, latency: float, healthy: bool) -> None:
+        self.health_latency.labels("healthy" if healthy else "unhealthy").observe(latency)
+
+    def forge_call(self, forge: str, ok: bool) -> None:
+        """One call to `forge`'s API ended (ok: it did what it was asked)."""
+        self.forge_calls.labels(forge, "ok" if ok else "error").inc()
+
+    def webhook(self, forge: str, event: str, outcome: str) -> None:
+        self.webhooks.labels(forge, event, outcome).inc()
+
+    # --- scraping ---------------------------------------------------------------------------
+
+    async def refresh(self, engine: Engine) -> None:
+        counts = await engine.store.jobs.counts()
+        for state in JOB_STATES:
+            self.jobs.labels(state).set(counts.get(state, 0))
+        self.queue_depth.set(counts.get(QUEUED, 0))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsObserver:
+    """A JobObserver: counts finished jobs and times deploys and rollbacks."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self._started: dict[int, float] = {}
+
+    async def job_queued(self, job: Job) -> None:
+        return None
+
+    async def job_superseded(self, job: Job, by: Job) -> None:
+        self.metrics.jobs_finished.labels(job.kind, SUPERSEDED).inc()
+
+    async def job_started(self, job: Job) -> None:
+        self._started[job.id] = time.monotonic()
+        # Awaited inside the job's own task: the listener hears this job's health probes only.
+        listen_to_probes(self.metrics.health_probe)
+
+    def job_event(self, job: Job, event: JournalEvent) -> None:
+        return None
+
+    async def job_finished(self, job: Job, deployment: Deployment | None) -> None:
+        started = self._started.pop(job.id, None)
+        self.metrics.jobs_finished.labels(job.kind, job.state).inc()
+        if started is None:
+            return
+        histogram = (
+            self.metrics.rollback_seconds if job.kind == "rollback" else self.metrics.deploy_seconds
+        )
+        histogram.labels(job.state).observe(time.monotonic() - started)
+
+
+class CountedForge:
+    """A ForgeClient that counts each call into `gatebot_forge_api_calls_total` (one call is
+    one operation: a status set, a comment posted, a permission asked, retries included)."""
+
+    def __init__(self, client: ForgeClient, forge: str, metrics: Metrics) -> None:
+        self.client = client
+        self.forge = forge
+        self.metrics = metrics
+
+    async def _count(self, call: Awaitable[T]) -> T:
+        try:
+            result = await call
+        except Exception:
+            self.metrics.forge_call(self.forge, ok=False)
+            raise
+        self.metrics.forge_call(self.forge, ok=True)
+        return result
+
+    async def set_status(
+        self, target: StatusTarget, state: DeployState, description: str, target_url: str | None
+    ) -> None:
+        await self._count(self.client.set_status(target, state, description, target_url))
+
+    async def comment(self, target: CommitRef, body: str) -> None:
+        await self._count(self.client.comment(target, body))
+
+    async def may_deploy(self, repo: RepoRef, username: str, user_id: int | None) -> bool:
+        return await self._count(self.client.may_deploy(repo, username, user_id))
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+def counted(forges: dict[str, ForgeClient], metrics: Metrics) -> dict[str, ForgeClient]:
+    return {name: CountedForge(client, name, metrics) for name, client in forges.items()}
+
+
+# --- HTTP -----------------------------------------------------------------------------------
+
+METRICS = web.AppKey("metrics", Metrics)
+routes = web.RouteTableDef()
+
+
+@routes.get("/metrics")
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    metrics = request.app[METRICS]
+    await metrics.refresh(request.app[ENGINE])
+    return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def event_label(forge: str, raw: str | None) -> str:
+    """A forge's event header as a bounded label: ``"Push Hook"`` -> ``"push_hook"``."""
+    if not raw:
+        return "none"
+    name = re.sub(r"[^a-z0-9]+", "_", raw.strip().lower()).strip("_")
+    return name if name in KNOWN_EVENTS else "other"
+
+
+def webhook_outcome(status: int, body: bytes | None) -> str:
+    """What became of a delivery, from the answer gatebot gave."""
+    if status == 202:
+        return "queued"
+    if status == 200:
+        data: Any = None
+        try:
+            data = json.loads(body or b"")
+        except ValueError:
+            pass
+        if isinstance(data, dict):
+            if data.get("duplicate"):
+                return "duplicate"
+            if data.get("ignored"):
+                return "ignored"
+            if data.get("event") == "ping":
+                return "ping"
+        return "ok"
+    return {
+        400: "bad_request",
+        401: "unauthorized",
+        403: "forbidden",
+        413: "too_large",
+    }.get(status, "error")
+
+
+@web.middleware
+async def webhook_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count each webhook delivery by forge, event and outcome (outermost middleware, so it
+    sees the answer the error middleware made)."""
+    forge = request.path.removeprefix("/webhooks/")
+    if request.method != "POST" or forge not in EVENT_HEADERS or forge == request.path:
+        return await handler(request)
+    event = event_label(forge, request.headers.get(EVENT_HEADERS[forge]))
+    try:
+        response = await handler(request)
+    except Exception:
+        request.app[METRICS].webhook(forge, event, "error")
+        raise
+    body = response.body if isinstance(response, web.Response) else None
+    request.app[METRICS].webhook(
+        forge, event, webhook_outcome(response.status, body if isinstance(body, bytes) else None)
+    )
+    return response

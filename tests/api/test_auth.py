@@ -1,0 +1,110 @@
+"""Bearer tokens on the running app: 401 without a good one, 403 for a scope too small, and
+tokens kept only as hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+
+from gatebot.api.keys import ENGINE
+from tests.api.conftest import ClientFactory
+from tests.api.test_v1 import auth
+from tests.conftest import Setup
+
+READS = [
+    "/api/v1/projects",
+    "/api/v1/projects/{name}",
+    "/api/v1/projects/{name}/deployments",
+    "/api/v1/deployments/1",
+    "/api/v1/deployments/1/logs",
+    "/api/v1/jobs",
+    "/api/v1/jobs/1",
+]
+CHANGES = [
+    ("POST", "/api/v1/deploy", {"projectId": "{name}"}),
+    ("POST", "/api/v1/projects/{name}/rollback", {}),
+    ("DELETE", "/api/v1/jobs/1", None),
+]
+
+
+async def test_every_endpoint_needs_a_token_and_the_right_scope(
+    start_server: ClientFactory, setup: Setup
+) -> None:
+    client = await start_server(queue={"paused": True})
+    read = await auth(client, "read")
+    deploy = await auth(client, "deploy")
+    store = client.app[ENGINE].store
+    await store.deployments.create(setup.name, "test")
+    await client.post("/api/v1/deploy", json={"projectId": setup.name}, headers=deploy)
+    bad_headers = [
+        {},
+        {"Authorization": "Bearer"},
+        {"Authorization": "Basic dXNlcjpwYXNz"},
+        {"Authorization": "Bearer gb_0123456789ab_" + "x" * 43},
+        {"Authorization": "Bearer not-a-gatebot-token"},
+    ]
+
+    for template in READS:
+        path = template.format(name=setup.name)
+        for headers in bad_headers:
+            response = await client.get(path, headers=headers)
+            assert response.status == 401, (path, headers)
+            assert response.headers["WWW-Authenticate"].startswith('Bearer realm="gatebot"')
+            body = await response.json()
+            assert body["error"] == "unauthorized" and set(body) == {"error", "message"}
+        assert (await client.get(path, headers=read)).status == 200, path
+        assert (await client.get(path, headers=deploy)).status == 200, path
+
+    for method, template, payload in CHANGES:
+        path = template.format(name=setup.name)
+        body = {k: v.format(name=setup.name) for k, v in (payload or {}).items()}
+        for headers in bad_headers:
+            response = await client.request(method, path, json=body, headers=headers)
+            assert response.status == 401, (path, headers)
+        refused = await client.request(method, path, json=body, headers=read)
+        assert refused.status == 403, path
+        answer = await refused.json()
+        assert answer["error"] == "forbidden"
+        assert answer["message"] == "token 'read-token' has scope read; this needs scope deploy"
+        assert 'error="insufficient_scope"' in refused.headers["WWW-Authenticate"]
+    # A read token changed nothing: one job (the one queued above), still queued.
+    assert [j.state for j in await store.jobs.recent()] == ["queued"]
+
+    assert (await client.get("/api/v1/openapi.json")).status == 200  # the document is public
+
+
+async def test_revoked_tokens_stop_working_and_only_hashes_are_stored(
+    start_server: ClientFactory, setup: Setup
+) -> None:
+    client = await start_server(queue={"paused": True})
+    store = client.app[ENGINE].store
+    token, secret = await store.tokens.create("alice", "read")
+    assert secret.startswith(f"gb_{token.lookup}_") and len(secret) > 50
+    headers = {"Authorization": f"Bearer {secret}"}
+    assert token.last_used_at is None
+    assert (await client.get("/api/v1/projects", headers=headers)).status == 200
+    [listed] = await store.tokens.list()
+    assert listed.last_used_at is not None
+
+    # A token that differs in its secret part only is refused.
+    forged = secret[:-4] + ("AAAA" if not secret.endswith("AAAA") else "BBBB")
+    response = await client.get("/api/v1/projects", headers={"Authorization": f"Bearer {forged}"})
+    assert response.status == 401
+    assert forged not in await response.text() and secret not in await response.text()
+
+    with sqlite3.connect(setup.data_dir / "gatebot.db") as conn:
+        rows = conn.execute("SELECT name, lookup, hash, scope FROM tokens").fetchall()
+        dump = "\n".join(conn.iterdump())
+    assert rows == [("alice", token.lookup, hashlib.sha256(secret.encode()).hexdigest(), "read")]
+    assert secret not in dump and secret.split("_", 2)[2] not in dump
+
+    await store.tokens.revoke("alice")
+    response = await client.get("/api/v1/projects", headers=headers)
+    assert response.status == 401
+    assert (await response.json())["message"] == "the token is unknown or revoked"
+    # The name is free again; the new token is a different one.
+    _, again = await store.tokens.create("alice", "deploy")
+    assert again != secret
+    assert (
+        await client.get("/api/v1/projects", headers={"Authorization": f"bearer {again}"})
+    ).status == 200

@@ -1,0 +1,409 @@
+"""Forge feedback end to end: real deploys and rollbacks behind a fake GitHub and GitLab API.
+
+Commit statuses for successful, failed and superseded deploys; retries; GitHub App tokens;
+`/rollback` comments from allowed users, read-only users, outsiders, gatebot itself, and with a
+bad argument."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from cryptography.hazmat.primitives import serialization
+
+from gatebot.api.keys import ENGINE, FEEDBACK, QUEUE
+from gatebot.settings import Settings, parse_settings
+from tests.api.conftest import ClientFactory, server_settings
+from tests.api.test_webhooks import post_github
+from tests.conftest import Setup
+from tests.deliveries import (
+    GITLAB_TOKEN,
+    github_push_payload,
+    gitlab_delivery,
+    gitlab_push_payload,
+)
+from tests.fakes import rsa_key
+from tests.fakes.github import FakeGitHub
+from tests.fakes.gitlab import FakeGitLab
+from tests.forges import fixture
+from tests.pipeline.test_deploy import eventually_live, live_version
+
+Client = TestClient[Any, Any]
+Serve = Callable[[Any], Awaitable[TestServer]]
+API_TOKEN = "fake-api-token-for-tests"
+GITLAB_PROJECT_ID = 4242
+
+
+def with_forges(
+    settings: Settings,
+    *,
+    github: str | None = None,
+    gitlab: str | None = None,
+    sections: dict[str, dict[str, Any]] | None = None,
+) -> Settings:
+    raw = settings.model_dump(mode="json")
+    raw["github"]["webhook_secret"] = settings.github.webhook_secret.get_secret_value()  # type: ignore[union-attr]
+    raw["gitlab"]["webhook_token"] = GITLAB_TOKEN
+    raw["gitlab"].pop("webhook_signing_token", None)
+    if github:
+        raw["github"].update(api_url=github, token=API_TOKEN, retry_for_seconds=10)
+    if gitlab:
+        raw["gitlab"].update(api_url=gitlab, token=API_TOKEN, retry_for_seconds=10)
+    for section, values in (sections or {}).items():
+        raw.setdefault(section, {}).update(values)
+    _drop_none(raw)
+    return parse_settings(raw, source=settings.source or Path("/tmp/gatebot.toml"))
+
+
+def _drop_none(value: Any) -> None:
+    if isinstance(value, dict):
+        for key in [k for k, v in value.items() if v is None]:
+            del value[key]
+        for v in value.values():
+            _drop_none(v)
+    elif isinstance(value, list):
+        for v in value:
+            _drop_none(v)
+
+
+async def settle(client: Client) -> None:
+    await client.app[QUEUE].drain()
+    await client.app[FEEDBACK].settle()
+
+
+def comment_payload(repo: str, sha: str, body: str, user: str, user_id: int = 7) -> dict[str, Any]:
+    payload = copy.deepcopy(fixture("github_commit_comment.json"))
+    owner, name = repo.split("/")
+    payload["repository"]["full_name"] = repo
+    payload["repository"]["name"] = name
+    payload["repository"]["owner"]["login"] = owner
+    payload["comment"].update(commit_id=sha, body=body)
+    payload["comment"]["user"].update(login=user, id=user_id)
+    payload["sender"].update(login=user, id=user_id)
+    return payload
+
+
+@pytest.fixture
+async def github(aiohttp_server: Serve) -> tuple[FakeGitHub, str]:
+    fake = FakeGitHub(tokens=[API_TOKEN])
+    server = await aiohttp_server(fake.app)
+    return fake, fake.api_url(server)
+
+
+@pytest.fixture
+async def gitlab(aiohttp_server: Serve) -> tuple[FakeGitLab, str]:
+    fake = FakeGitLab(tokens=[API_TOKEN])
+    server = await aiohttp_server(fake.app)
+    return fake, fake.api_url(server)
+
+
+async def github_server(
+    start_server: ClientFactory, setup: Setup, fake: FakeGitHub, url: str, **kw: Any
+) -> tuple[Client, str]:
+    repo = f"acme/{setup.name}"
+    fake.add_repo(repo)
+    project = kw.pop("project", {})
+    settings = with_forges(server_settings(setup, **project), github=url, sections=kw)
+    return await start_server(settings), repo
+
+
+async def test_statuses_of_a_successful_deploy(
+    start_server: ClientFactory, setup: Setup, github: tuple[FakeGitHub, str]
+) -> None:
+    fake, url = github
+    client, repo = await github_server(start_server, setup, fake, url)
+    sha = setup.repo.commit("v1")
+    assert (await post_github(client, "push", github_push_payload(repo, sha))).status == 202
+    await settle(client)
+    statuses = fake.statuses(repo, sha)
+    assert [s["state"] for s in statuses][-1] == "success"
+    assert all(s["state"] == "pending" for s in statuses[:-1]) and len(statuses) >= 2
+    assert {s["context"] for s in statuses} == {f"gatebot/{setup.name}"}
+    assert statuses[-1]["description"] == "v1 live on blue"
+    active = await client.app[ENGINE].store.deployments.active(setup.name)
+    assert active is not None
+    assert statuses[-1]["target_url"] == f"http://127.0.0.1:8088/deployments/{active.id}"
+
+
+async def test_statuses_of_a_failed_deploy(
+    start_server: ClientFactory, setup: Setup, github: tuple[FakeGitHub, str]
+) -> None:
+    fake, url = github
+    client, repo = await github_server(
+        start_server, setup, fake, url, project={"health": {"retries": 2}}
+    )
+    sha = setup.repo.commit("broken", healthy=False)
+    await post_github(client, "push", github_push_payload(repo, sha))
+    await settle(client)
+    last = fake.statuses(repo, sha)[-1]
+    assert last["state"] == "failure"
+    assert last["description"].startswith("health: unhealthy after 2 attempts")
+    assert len(last["description"]) <= 140
+
+
+async def test_superseded_deploy_gets_an_error_status_naming_the_newer_commit(
+    start_server: ClientFactory, setup: Setup, github: tuple[FakeGitHub, str]
+) -> None:
+    fake, url = github
+    client, repo = await github_server(start_server, setup, fake, url, queue={"paused": True})
+    old, new = "1" * 40, "2" * 40
+    await post_github(client, "push", github_push_payload(repo, old))
+    await post_github(client, "push", github_push_payload(repo, new))
+    await client.app[FEEDBACK].settle()
+    assert fake.statuses(repo, old)[-1]["state"] == "error"
+    assert fake.statuses(repo, old)[-1]["description"] == "superseded by 2222222"
+    assert [s["state"] for s in fake.statuses(repo, new)] == ["pending"]
+
+
+async def test_transient_failures_are_retried_and_statuses_stay_in_order(
+    start_server: ClientFactory, setup: Setup, github: tuple[FakeGitHub, str]
+) -> None:
+    fake, url = github
+    client, repo = await github_server(start_server, setup, fake, url)
+    sha = setup.repo.commit("v1")
+    fake.fail_next(f"/repos/{repo}/statuses", 502, times=2)
+    fake.fail_next(f"/repos/{repo}/statuses", 429, times=1, retry_after=1)
+    await post_github(client, "push", github_push_payload(repo, sha))
+    await settle(client)
+    states = [s["state"] for s in fake.statuses(repo, sha)]
+    assert states[-1] == "success" and "success" not in states[:-1]
+    failed = [c for c in fake.calls_to(f"/repos/{repo}/statuses") if c.status >= 400]
+    assert [c.status for c in failed] == [502, 502, 429]
+    assert await live_version(setup) == "v1"
+
+
+async def test_a_forge_that_is_down_never_fails_the_deploy(
+    start_server: ClientFactory, setup: Setup, github: tuple[FakeGitHub, str]
+) -> None:
+    fake, url = github
+    client, repo = await github_server(
+        start_server, setup, fake, url, github={"retry_for_seconds": 1}
+    )
+    fake.fail_next("/repos", 503, times=1000)
+    sha = setup.repo.commit("v1")
+    await post_github(client, "push", github_push_payload(repo, sha))
+    await settle(client)
+    assert fake.statuses(repo, sha) == []
+    job = (await client.app[ENGINE].store.jobs.recent())[0]
+    assert job.state == "succeeded"
+    assert await live_version(setup) == "v1"
+
+
+async def test_github_app_token_is_minted_once_and_reused(
+    start_server: ClientFactory, setup: Setup, aiohttp_server: Serve, tmp_path: Path
+) -> None:
+    key = rsa_key("app")
+    pem = tmp_path / "app.pem"
+    pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    fake = FakeGitHub(app_id=99, public_key=key.public_key(), installations=[2311213])
+    url = fake.api_url(await aiohttp_server(fake.app))
+    repo = f"acme/{setup.name}"
+    fake.add_repo(repo)
+    raw = with_forges(server_settings(setup)).model_dump(mode="json")
+    raw["github"].update(api_url=url, app_id=99, private_key_file=str(pem), retry_for_seconds=10)
+    raw["github"]["webhook_secret"] = "github-test-secret"
+    raw["gitlab"]["webhook_token"] = GITLAB_TOKEN
+    _drop_none(raw)
+    client = await start_server(parse_settings(raw, source=setup.data_dir / "g.toml"))
+    sha = setup.repo.commit("v1")
+    await post_github(client, "push", github_push_payload(repo, sha))  # installation 2311213
+    await settle(client)
+    assert fake.statuses(repo, sha)[-1]["state"] == "success"
+    assert len(fake.issued) == 1, "one installation token, cached for every later call"
+    assert len(fake.calls_to(f"/repos/{repo}/statuses", "POST")) >= 2
+
+
+async def deploy_three(client: Client, setup: Setup, repo: str) -> list[str]:
+    shas = []
+    for n in (1, 2, 3):
+        shas.append(setup.repo.commit(f"v{n}"))
+        await post_github(client, "push", github_push_payload(repo, shas[-1]))
+        await settle(client)
+    assert await live_version(setup) == "v3"
+    return shas
+
+
+async def test_rollback_comment_by_a_writer_rolls_back_and_replies(
+    start_server: ClientFactory, setup: Setup, github: tuple[FakeGitHub, str]
+) -> None:
+    fake, url = github
+    client, repo = await github_server(start_server, setup, fake, url)
+    _sha1, sha2, sha3 = await deploy_three(client, setup, repo)
+    fake.set_permission(repo, "alice", "write")
+
+    response = await post_github(
+        client, "commit_comment", comment_payload(repo, sha3, "/rollback", "alice")
+    )
+    assert response.status == 202
+    await settle(client)
+
+    assert await eventually_live(setup, "v2") == "v2"
+    replies = fake.comments(repo, sha3)
+    assert len(replies) == 2
+    assert replies[0].startswith(f"Rolling back `{setup.name}`")
+    assert replies[1] == f"Rolled back `{setup.name}`: v2 ({sha2[:7]}) is live on green."
+    assert fake.statuses(repo, sha2)[-1]["state"] == "success"
+    job = (await client.app[ENGINE].store.jobs.recent())[0]
+    assert (job.kind, job.state, job.trigger) == ("rollback", "succeeded", "comment:alice")
+
+
+async def test_rollback_comment_on_an_older_commit_makes_it_live_again(
+    start_server: ClientFactory, setup: Setup, github: tuple[FakeGitHub, str]
+) -> None:
+    fake, url = github
+    client, repo = await github_server(start_server, setup, fake, url)
+    sha1, _sha2, _sha3 = await deploy_three(client, setup, repo)
+    fake.set_permission(repo, "alice", "admin")
+    await post_github(client, "commit_comment", comment_payload(repo, sha1, "/rollback", "alice"))
+    await settle(client)
+    assert await eventually_live(setup, "v1") == "v1"
+
+
+@pytest.mark.parametrize("permission", ["read", "none"])
+async def test_rollback_comment_by_a_reader_or_outsider_is_refused(
+    start_server: ClientFactory, setup: Setup, github: tuple[FakeGitHub, str], permission: str
+) -> None:
+    fake, url = github
+    client, repo = await github_server(start_server, setup, fake, url)
+    shas = await deploy_three(client, setup, repo)
+    fake.set_permission(repo, "mallory", permission)
+    await post_github(
+        client, "commit_comment", comment_payload(repo, shas[-1], "/rollback", "mallory")
+    )
+    await settle(client)
+    assert await live_version(setup) == "v3"
+    replies = fake.comments(repo, shas[-1])
+    assert len(replies) == 1 and "not allowed to roll back" in replies[0]
+    history = await client.app[ENGINE].store.deployments.history(setup.name)
+    assert [d.status for d in history][0] == "ACTIVE" and history[0].version == 3
+
+
+async def test_allowlisted_user_may_roll_back_without_write_permission(
+    start_server: ClientFactory, setup: Setup, github: tuple[FakeGitHub, str]
+) -> None:
+    fake, url = github
+    client, repo = await github_server(
+        start_server, setup, fake, url, project={"allow": ["oncall-bot"]}
+    )
+    shas = await deploy_three(client, setup, repo)
+    await post_github(
+        client, "commit_comment", comment_payload(repo, shas[-1], "/rollback to 1", "oncall-bot")
+    )
+    await settle(client)
+    assert await eventually_live(setup, "v1") == "v1"
+
+
+async def test_gatebots_own_comment_is_ignored(
+    start_server: ClientFactory, setup: Setup, github: tuple[FakeGitHub, str]
+) -> None:
+    fake, url = github
+    client, repo = await github_server(
+        start_server, setup, fake, url, github={"bot_login": "gatebot-bot"}
+    )
+    shas = await deploy_three(client, setup, repo)
+    response = await post_github(
+        client, "commit_comment", comment_payload(repo, shas[-1], "/rollback", "gatebot-bot")
+    )
+    assert response.status == 200 and (await response.json())["ignored"] is True
+    await settle(client)
+    assert fake.comments(repo, shas[-1]) == []
+    assert await live_version(setup) == "v3"
+
+
+async def test_bad_argument_gets_a_usage_reply_and_runs_nothing(
+    start_server: ClientFactory, setup: Setup, github: tuple[FakeGitHub, str]
+) -> None:
+    fake, url = github
+    client, repo = await github_server(start_server, setup, fake, url)
+    shas = await deploy_three(client, setup, repo)
+    fake.set_permission(repo, "alice", "write")
+    response = await post_github(
+        client, "commit_comment", comment_payload(repo, shas[-1], "/rollback to yesterday", "alice")
+    )
+    assert response.status == 200
+    await settle(client)
+    replies = fake.comments(repo, shas[-1])
+    assert len(replies) == 1 and "usage: `/rollback [PROJECT] [to VERSION|SHA]`" in replies[0]
+    assert await live_version(setup) == "v3"
+    assert len(await client.app[ENGINE].store.jobs.recent()) == 3
+
+
+async def test_gitlab_statuses_and_rollback_note(
+    start_server: ClientFactory, setup: Setup, gitlab: tuple[FakeGitLab, str]
+) -> None:
+    fake, url = gitlab
+    repo = f"acme/{setup.name}"
+    fake.add_project(repo, GITLAB_PROJECT_ID)
+    fake.add_member(GITLAB_PROJECT_ID, user_id=1, username="root", access_level=40)
+    fake.add_member(GITLAB_PROJECT_ID, user_id=2, username="guest", access_level=20)
+    settings = with_forges(server_settings(setup, forge="gitlab"), gitlab=url)
+    client = await start_server(settings)
+
+    async def push(version: str) -> str:
+        sha = setup.repo.commit(version)
+        payload = gitlab_push_payload(repo, sha)
+        payload["project"]["id"] = payload["project_id"] = GITLAB_PROJECT_ID
+        body, headers = gitlab_delivery(payload)
+        assert (await client.post("/webhooks/gitlab", data=body, headers=headers)).status == 202
+        await settle(client)
+        return sha
+
+    sha1 = await push("v1")
+    sha2 = await push("v2")
+    states = [s["status"] for s in fake.statuses(GITLAB_PROJECT_ID, sha2)]
+    assert states[-1] == "success"
+    assert fake.statuses(GITLAB_PROJECT_ID, sha2)[-1]["name"] == f"gatebot/{setup.name}"
+
+    async def note(user: str, user_id: int) -> None:
+        payload = copy.deepcopy(fixture("gitlab_note_commit.json"))
+        payload["project"]["path_with_namespace"] = repo
+        payload["project"]["id"] = payload["project_id"] = GITLAB_PROJECT_ID
+        payload["object_attributes"].update(
+            note="/rollback", commit_id=sha2, project_id=GITLAB_PROJECT_ID
+        )
+        payload["commit"]["id"] = sha2
+        payload["user"].update(username=user, id=user_id)
+        body, headers = gitlab_delivery(payload, event="Note Hook")
+        assert (await client.post("/webhooks/gitlab", data=body, headers=headers)).status in (
+            200,
+            202,
+        )
+        await settle(client)
+
+    await note("guest", 2)
+    assert await live_version(setup) == "v2"
+    assert "not allowed" in fake.comments(GITLAB_PROJECT_ID, sha2)[-1]
+    await note("root", 1)
+    assert await eventually_live(setup, "v1") == "v1"
+    assert fake.comments(GITLAB_PROJECT_ID, sha2)[-1].startswith(f"Rolled back `{setup.name}`: v1")
+    assert fake.statuses(GITLAB_PROJECT_ID, sha1)[-1]["status"] == "success"
+
+
+async def test_gitlab_superseded_deploy_is_canceled(
+    start_server: ClientFactory, setup: Setup, gitlab: tuple[FakeGitLab, str]
+) -> None:
+    fake, url = gitlab
+    repo = f"acme/{setup.name}"
+    fake.add_project(repo, GITLAB_PROJECT_ID)
+    settings = with_forges(
+        server_settings(setup, forge="gitlab", queue={"paused": True}), gitlab=url
+    )
+    client = await start_server(settings)
+    for sha in ("3" * 40, "4" * 40):
+        payload = gitlab_push_payload(repo, sha)
+        payload["project"]["id"] = payload["project_id"] = GITLAB_PROJECT_ID
+        body, headers = gitlab_delivery(payload)
+        await client.post("/webhooks/gitlab", data=body, headers=headers)
+    await client.app[FEEDBACK].settle()
+    last = fake.statuses(GITLAB_PROJECT_ID, "3" * 40)[-1]
+    assert (last["status"], last["description"]) == ("canceled", "superseded by 4444444")

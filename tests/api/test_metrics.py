@@ -1,0 +1,135 @@
+"""GET /metrics in Prometheus' text format, and numbers that move when things happen."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from gatebot.api.keys import QUEUE
+from gatebot.metrics import event_label, webhook_outcome
+from tests.api.conftest import ClientFactory
+from tests.api.test_v1 import auth
+from tests.conftest import Setup
+from tests.deliveries import github_delivery, github_push_payload
+
+Client = TestClient[Any, Any]
+
+
+async def scrape(client: Client) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    response = await client.get("/metrics")
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("text/plain; version=")
+    samples = {}
+    for family in text_string_to_metric_families(await response.text()):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def value(samples: dict[Any, float], name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+async def test_metrics_move_when_webhooks_arrive_and_deploys_run(
+    start_server: ClientFactory, setup: Setup
+) -> None:
+    client = await start_server(health={"retries": 5})
+    before = await scrape(client)
+    assert value(before, "gatebot_jobs", state="queued") == 0
+    assert value(before, "gatebot_queue_depth") == 0
+    assert value(before, "gatebot_deploy_duration_seconds_count", outcome="succeeded") == 0
+    forge_ok = frozenset({("forge", "github"), ("outcome", "ok")})
+    assert ("gatebot_forge_api_calls_total", forge_ok) in before
+
+    # One push deploys (webhook, queue, pipeline); one badly signed delivery is refused.
+    sha = setup.repo.commit("v1")
+    body, headers = github_delivery("push", github_push_payload(f"acme/{setup.name}", sha))
+    assert (await client.post("/webhooks/github", data=body, headers=headers)).status == 202
+    body, headers = github_delivery(
+        "push", github_push_payload(f"acme/{setup.name}", sha), secret="wrong"
+    )
+    assert (await client.post("/webhooks/github", data=body, headers=headers)).status == 401
+    await client.app[QUEUE].drain()
+    # A second deploy, from the API, fails its health check.
+    setup.repo.commit("v2", healthy=False)
+    response = await client.post(
+        "/api/v1/deploy",
+        json={"projectId": setup.name},
+        headers=await auth(client),
+    )
+    assert response.status == 202
+    await client.app[QUEUE].drain()
+
+    after = await scrape(client)
+    webhook = "gatebot_webhooks_received_total"
+    assert value(after, webhook, forge="github", event="push", outcome="queued") == 1
+    assert value(after, webhook, forge="github", event="push", outcome="unauthorized") == 1
+    assert value(after, "gatebot_jobs", state="succeeded") == 1
+    assert value(after, "gatebot_jobs", state="failed") == 1
+    assert value(after, "gatebot_jobs_finished_total", kind="deploy", state="succeeded") == 1
+    assert value(after, "gatebot_deploy_duration_seconds_count", outcome="succeeded") == 1
+    assert value(after, "gatebot_deploy_duration_seconds_count", outcome="failed") == 1
+    assert value(after, "gatebot_deploy_duration_seconds_sum", outcome="succeeded") > 0.5
+    assert value(after, "gatebot_nginx_reloads_total", outcome="ok") >= 1
+    healthy = value(after, "gatebot_health_check_latency_seconds_count", outcome="healthy")
+    unhealthy = value(after, "gatebot_health_check_latency_seconds_count", outcome="unhealthy")
+    assert healthy >= 1 and unhealthy >= 1  # the v2 app answers 404 at /health
+    assert value(after, "gatebot_queue_depth") == 0
+
+
+async def test_queue_depth_counts_waiting_jobs(start_server: ClientFactory, setup: Setup) -> None:
+    client = await start_server(queue={"paused": True})
+    headers = await auth(client)
+    for _ in range(3):
+        response = await client.post(
+            "/api/v1/deploy", json={"projectId": setup.name}, headers=headers
+        )
+        assert response.status == 202
+    samples = await scrape(client)
+    assert value(samples, "gatebot_queue_depth") == 3
+    assert value(samples, "gatebot_jobs", state="queued") == 3
+
+
+def test_webhook_labels_are_bounded() -> None:
+    assert event_label("gitlab", "Push Hook") == "push_hook"
+    assert event_label("github", "push") == "push"
+    assert event_label("github", "made-up-" + "x" * 500) == "other"
+    assert event_label("github", None) == "none"
+    assert webhook_outcome(200, b'{"duplicate": true}') == "duplicate"
+    assert webhook_outcome(200, b'{"ignored": true, "reason": "tag"}') == "ignored"
+    assert webhook_outcome(200, b'{"ok": true, "event": "ping"}') == "ping"
+    assert webhook_outcome(413, None) == "too_large"
+    assert webhook_outcome(500, b"") == "error"
+
+
+async def test_forge_calls_are_counted_by_outcome() -> None:
+    from gatebot.forges.base import CommitRef, ForgeClient, ForgeError
+    from gatebot.metrics import Metrics, counted
+
+    class Forge:
+        """Answers comments; refuses everything else, as a forge that is down would."""
+
+        async def set_status(self, *args: object) -> None:
+            raise ForgeError("GitHub answered 502")
+
+        async def comment(self, target: CommitRef, body: str) -> None:
+            return None
+
+        async def may_deploy(self, *args: object) -> bool:
+            return True
+
+        async def close(self) -> None:
+            return None
+
+    metrics = Metrics()
+    forge: ForgeClient = counted({"github": Forge()}, metrics)["github"]
+    assert await forge.may_deploy(None, "octocat", None)
+    await forge.comment(None, "hello")
+    with pytest.raises(ForgeError):  # the error still reaches the caller
+        await forge.set_status(None, None, "x", None)
+    text = metrics.exposition().decode()
+    assert 'gatebot_forge_api_calls_total{forge="github",outcome="ok"} 2.0' in text
+    assert 'gatebot_forge_api_calls_total{forge="github",outcome="error"} 1.0' in text
