@@ -93,7 +93,10 @@ stop_private_dockerd() {
         sleep 0.5
     done
     kill -KILL "$GATEBOT_DOCKERD_PID" 2>/dev/null || true
-    umount -R "$GATEBOT_DOCKER_DIR"/data/overlay2/*/merged 2>/dev/null || true
+    # dockerd leaves mounts behind (its netns, overlays of killed containers): unmount them,
+    # deepest first, before removing the folder.
+    awk -v dir="$GATEBOT_DOCKER_DIR/" 'index($2, dir) == 1 { print $2 }' /proc/mounts \
+        | sort -r | while read -r mountpoint; do umount -l "$mountpoint" 2>/dev/null || true; done
     rm -rf "$GATEBOT_DOCKER_DIR" 2>/dev/null || true
     GATEBOT_DOCKERD_PID=
 }
