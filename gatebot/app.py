@@ -3,7 +3,9 @@
 `create_app(settings)` builds the app (webhooks, the REST API, deployment pages, metrics, probes);
 its cleanup context opens the engine (database, Docker),
 runs start-up reconciliation and recovers interrupted jobs before deploys run, starts the queue,
-and on shutdown lets running deploys finish (bounded by [queue] shutdown_timeout).
+and on shutdown lets running deploys finish (bounded by [queue] shutdown_timeout). When that
+start fails (Docker unreachable, nginx refusing the reconciled files, a locked database), the
+server still serves and tries again every STARTUP_RETRY_SECONDS; /readyz says why it waits.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from gatebot.api import pages, probes, v1, webhooks
 from gatebot.api.errors import error_middleware
 from gatebot.api.keys import ENGINE, FEEDBACK, QUEUE, SETTINGS
 from gatebot.api.problems import problem_middleware
-from gatebot.errors import RuntimeUnavailable
+from gatebot.errors import GatebotError, RuntimeUnavailable
 from gatebot.feedback import ForgeFeedback, comment_runner
 from gatebot.metrics import METRICS, Metrics, MetricsObserver, counted, webhook_metrics
 from gatebot.metrics import routes as metrics_routes
@@ -83,13 +85,29 @@ def create_app(settings: Settings, *, observers: ObserverFactory | None = None) 
 
 
 async def start_work(engine: Engine, queue: JobQueue) -> bool:
-    """Reconcile, recover interrupted jobs, start the queue; False if Docker is unreachable."""
+    """Reconcile, recover interrupted jobs, start the queue; False (logged, and noted in
+    `queue.start_problem`) when any of it fails, so that the caller tries again later."""
     try:
-        await engine.runtime.ping()
-        report = await reconcile(engine)
+        await _start_work(engine, queue)
     except RuntimeUnavailable as exc:
+        queue.start_problem = f"waiting for the Docker engine: {exc}"
         log.error("cannot start deploying yet: %s", exc)
         return False
+    except GatebotError as exc:
+        queue.start_problem = f"start-up failed: {exc}"
+        log.error("cannot start deploying yet: %s", exc)
+        return False
+    except Exception as exc:
+        queue.start_problem = f"start-up failed: internal error: {type(exc).__name__}"
+        log.exception("cannot start deploying yet")
+        return False
+    queue.start_problem = None
+    return True
+
+
+async def _start_work(engine: Engine, queue: JobQueue) -> None:
+    await engine.runtime.ping()
+    report = await reconcile(engine)
     log.info("start-up reconciliation: %s", report.summary())
     failed, requeued = await engine.store.jobs.recover_interrupted()
     for job in failed:
@@ -102,10 +120,13 @@ async def start_work(engine: Engine, queue: JobQueue) -> bool:
             extra={"project": job.project, "job": job.id},
         )
     await queue.start()
-    return True
 
 
 async def retry_start(engine: Engine, queue: JobQueue) -> None:
-    """Poll until the Docker engine answers (it has no event to wait on)."""
-    while not await start_work(engine, queue):  # noqa: ASYNC110
+    """Try to start again every STARTUP_RETRY_SECONDS until it works (Docker has no event to
+    wait on); start_work never raises, so this ends only by starting the queue or by cancel."""
+    while True:
         await asyncio.sleep(STARTUP_RETRY_SECONDS)
+        if await start_work(engine, queue):
+            log.info("deploying now")
+            return

@@ -4,6 +4,8 @@ One job at a time per project, at most `max_concurrent` at once. A project locke
 process (a CLI deploy) puts its job back in the queue and is tried again after a pause. On
 stop, running jobs get `shutdown_timeout` to finish; queued jobs stay queued for the next start.
 Observers (forge feedback, metrics) hear about every job's life; they can never break it.
+Nothing else can either: the dispatcher logs an error (a locked database), pauses and goes on,
+and a job's end that cannot be recorded at once is tried again (`alive` tells /readyz).
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from dataclasses import replace
+from typing import Protocol, TypeVar
 
-from gatebot.errors import GatebotError, LockHeld, StageFailed
+from gatebot.errors import GatebotError, LockHeld
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.journal import JournalEvent, Listener
 from gatebot.settings import QueueSettings
@@ -22,6 +25,15 @@ from gatebot.store.deployments import Deployment
 from gatebot.store.jobs import FAILED, SUCCEEDED, Job, NewJob
 
 log = logging.getLogger("gatebot.queue")
+T = TypeVar("T")
+
+# A failing dispatcher pass is tried again after this pause, doubled at each failure in a row
+# up to DISPATCH_RETRY_MAX_SECONDS; a job's end (or its release) that cannot be written is
+# written again after each of these pauses before giving up (start-up recovery then marks the
+# job interrupted).
+DISPATCH_RETRY_SECONDS = 0.5
+DISPATCH_RETRY_MAX_SECONDS = 30.0
+RECORD_RETRY_SECONDS: tuple[float, ...] = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0)
 
 JobRunner = Callable[[Engine, Job, list[Listener]], Awaitable[Deployment]]
 
@@ -47,6 +59,7 @@ class JobQueue:
         self.runner = runner
         self.observers = list(observers or [])
         self.paused = settings.paused
+        self.start_problem: str | None = None  # why the server has not started the queue yet
         self._wake = asyncio.Event()
         self._running: dict[str, asyncio.Task[None]] = {}  # project -> its running job
         self._running_ids: dict[str, int] = {}  # project -> id of its running job
@@ -54,6 +67,7 @@ class JobQueue:
         self._not_before: dict[str, float] = {}  # project -> loop time it may be retried
         self._dispatcher: asyncio.Task[None] | None = None
         self._stopping = False
+        self._stop_requested = asyncio.Event()  # cuts a dispatcher's pause after a failure short
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -63,7 +77,7 @@ class JobQueue:
         self,
         jobs: list[NewJob],
         *,
-        delivery: tuple[str, str, str] | None = None,
+        delivery: tuple[str, str, str, str | None] | None = None,
         supersede: bool = False,
     ) -> list[Job]:
         """Write the jobs durably (raises DuplicateDelivery for a redelivery), then wake up."""
@@ -100,6 +114,16 @@ class JobQueue:
             self._dispatcher = asyncio.create_task(self._dispatch(), name="gatebot-queue")
             self.wake()
 
+    @property
+    def started(self) -> bool:
+        """Whether the dispatcher was started (and not stopped)."""
+        return self._dispatcher is not None
+
+    @property
+    def alive(self) -> bool:
+        """Whether the dispatcher runs: started, and not ended by stop() or by a crash."""
+        return self._dispatcher is not None and not self._dispatcher.done()
+
     def running_job_ids(self) -> list[int]:
         return sorted(self._running_ids.values())
 
@@ -115,10 +139,13 @@ class JobQueue:
     async def stop(self, timeout: float | None = None) -> None:
         """Take no new job; let running ones finish within `timeout`, then cancel them."""
         self._stopping = True
+        self._stop_requested.set()
         self.wake()
-        if self._dispatcher is not None:
-            await self._dispatcher
-            self._dispatcher = None
+        dispatcher, self._dispatcher = self._dispatcher, None
+        if dispatcher is not None:
+            await asyncio.wait([dispatcher])  # it may have died: stopping goes on regardless
+            if not dispatcher.cancelled() and dispatcher.exception() is not None:
+                log.error("the queue's dispatcher had stopped: %r", dispatcher.exception())
         tasks = list(self._running.values())
         if tasks:
             limit = self.settings.shutdown_timeout if timeout is None else timeout
@@ -131,26 +158,43 @@ class JobQueue:
                     await task
 
     async def _dispatch(self) -> None:
-        loop = asyncio.get_running_loop()
+        failures = 0
         while not self._stopping:
             await self._wake.wait()
             self._wake.clear()
             if self._stopping or self.paused:
                 continue
-            for job in await self.engine.store.jobs.queued():
-                if len(self._running) >= self.settings.max_concurrent:
-                    break
-                if job.project in self._running:
-                    continue
-                if self._not_before.get(job.project, 0.0) > loop.time():
-                    continue
-                if not await self.engine.store.jobs.claim(job.id):
-                    continue
-                self._idle.clear()
-                self._running_ids[job.project] = job.id
-                self._running[job.project] = asyncio.create_task(
-                    self._run(job), name=f"gatebot-job-{job.id}"
+            try:
+                await self._dispatch_once()
+            except Exception:
+                failures += 1
+                pause = min(
+                    DISPATCH_RETRY_SECONDS * 2 ** (failures - 1), DISPATCH_RETRY_MAX_SECONDS
                 )
+                log.exception("the queue could not start jobs; trying again in %.1fs", pause)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop_requested.wait(), pause)
+                self.wake()
+            else:
+                failures = 0
+
+    async def _dispatch_once(self) -> None:
+        """Claim and start every job that may run now."""
+        loop = asyncio.get_running_loop()
+        for job in await self.engine.store.jobs.queued():
+            if len(self._running) >= self.settings.max_concurrent:
+                break
+            if job.project in self._running:
+                continue
+            if self._not_before.get(job.project, 0.0) > loop.time():
+                continue
+            if not await self.engine.store.jobs.claim(job.id):
+                continue
+            self._idle.clear()
+            self._running_ids[job.project] = job.id
+            self._running[job.project] = asyncio.create_task(
+                self._run(job), name=f"gatebot-job-{job.id}"
+            )
 
     async def _run(self, job: Job) -> None:
         extra = {"project": job.project, "job": job.id, "delivery": job.delivery_id}
@@ -164,7 +208,7 @@ class JobQueue:
                     self.engine.store.jobs.set_deployment(job.id, event.deployment_id)
                 )
                 self._side_tasks.add(task)  # keep a reference until it is done
-                task.add_done_callback(self._side_tasks.discard)
+                task.add_done_callback(self._side_task_done)
             for observer in self.observers:
                 try:
                     observer.job_event(job, event)
@@ -174,45 +218,84 @@ class JobQueue:
         try:
             await self._notify("job_started", job)
             log.info("running %s of %s", job.kind, job.project, extra=extra)
+            state, error = SUCCEEDED, None
             try:
                 deployment = await self.runner(self.engine, job, [on_event])
             except LockHeld as busy:
                 log.info("%s; job %s waits", busy, job.id, extra=extra)
-                await self.engine.store.jobs.release(job.id)
                 loop = asyncio.get_running_loop()
                 self._not_before[job.project] = loop.time() + self.settings.busy_retry_seconds
                 loop.call_later(self.settings.busy_retry_seconds, self.wake)
+                await self._record(job, "put back in the queue", self.engine.store.jobs.release)
                 return
-            except StageFailed as failure:
-                finished = await self.engine.store.jobs.finish(
-                    job.id, FAILED, deployment_id=_first(deployment_ids), error=str(failure)
-                )
-            except GatebotError as problem:
-                finished = await self.engine.store.jobs.finish(
-                    job.id, FAILED, deployment_id=_first(deployment_ids), error=str(problem)
-                )
+            except GatebotError as problem:  # StageFailed included
+                state, error = FAILED, str(problem)
             except Exception as exc:
                 log.exception("job %s failed unexpectedly", job.id, extra=extra)
-                finished = await self.engine.store.jobs.finish(
-                    job.id,
-                    FAILED,
-                    deployment_id=_first(deployment_ids),
-                    error=f"internal error: {type(exc).__name__}",
+                state, error = FAILED, f"internal error: {type(exc).__name__}"
+            deployment_id = deployment.id if deployment is not None else _first(deployment_ids)
+
+            async def finish(job_id: int) -> Job:
+                return await self.engine.store.jobs.finish(
+                    job_id, state, deployment_id=deployment_id, error=error
                 )
-            else:
-                finished = await self.engine.store.jobs.finish(
-                    job.id, SUCCEEDED, deployment_id=deployment.id
+
+            finished = await self._record(job, f"marked {state}", finish)
+            if finished is None:  # the store is gone: observers still hear how it ended
+                finished = replace(
+                    job,
+                    state=state,
+                    error=error,
+                    deployment_id=deployment_id if deployment_id is not None else job.deployment_id,
                 )
             log.info("job %s %s", job.id, finished.state, extra=extra)
             if finished.deployment_id is not None and deployment is None:
                 deployment = await self.engine.store.deployments.get(finished.deployment_id)
             await self._notify("job_finished", finished, deployment)
+        except Exception:
+            log.exception("job %s: the queue failed to see it through", job.id, extra=extra)
         finally:
             self._running.pop(job.project, None)
             self._running_ids.pop(job.project, None)
             if not self._running:
                 self._idle.set()
             self.wake()
+
+    async def _record(
+        self, job: Job, what: str, write: Callable[[int], Awaitable[T]]
+    ) -> T | None:
+        """`write(job.id)`, tried again after each of RECORD_RETRY_SECONDS while it fails (a
+        locked database); None when it never succeeds: the row stays `running`, and the next
+        start marks the job interrupted."""
+        extra = {"project": job.project, "job": job.id, "delivery": job.delivery_id}
+        for pause in (*RECORD_RETRY_SECONDS, None):
+            try:
+                return await write(job.id)
+            except Exception as exc:
+                if pause is None:
+                    log.exception(
+                        "job %s could not be %s; it stays running until the next start",
+                        job.id,
+                        what,
+                        extra=extra,
+                    )
+                    return None
+                log.warning(
+                    "job %s could not be %s (%s: %s); trying again in %.1fs",
+                    job.id,
+                    what,
+                    type(exc).__name__,
+                    exc,
+                    pause,
+                    extra=extra,
+                )
+                await asyncio.sleep(pause)
+        return None
+
+    def _side_task_done(self, task: asyncio.Task[None]) -> None:
+        self._side_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not note a job's deployment: %r", task.exception())
 
     async def _notify(self, method: str, *args: object) -> None:
         for observer in self.observers:

@@ -16,7 +16,7 @@ import git
 
 from gatebot.errors import SourceError
 
-_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]{0,31}://)[^/@\s]{1,512}@")
 _SHA = re.compile(r"^[0-9a-fA-F]{7,64}$")
 
 

@@ -221,3 +221,15 @@ async def test_clone_failure_does_not_reveal_credentials(source: GitSource) -> N
     assert "s3cret" not in message
     assert "s3cret" not in repr(caught.value)
     assert caught.value.__cause__ is None
+
+
+def test_redacting_a_very_long_line_takes_linear_time() -> None:
+    """Every journal and streamed line goes through redact_url on the event loop: a long run of
+    letters once took minutes (quadratic backtracking); now it is milliseconds."""
+    import time
+
+    line = "a" * 262_144 + " https://user:s3cret@example.com/x.git"
+    started = time.process_time()
+    redacted = redact_url(line)
+    assert "s3cret" not in redacted and redacted.endswith("https://***@example.com/x.git")
+    assert time.process_time() - started < 2.0

@@ -1,10 +1,16 @@
-"""Liveness and readiness: /healthz while the process lives, /readyz when it can deploy."""
+"""Liveness and readiness: /healthz while the process lives, /readyz when it can deploy.
+
+/readyz checks the database, the Docker engine and the queue's dispatcher. A dispatcher that
+has died answers 503 (webhooks would be queued and never run); a paused queue, or one not
+started yet, is reported in the checks: not started because Docker is unreachable fails the
+docker check anyway, and not started for another reason while Docker answers is a 503 too.
+"""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from gatebot.api.keys import ENGINE
+from gatebot.api.keys import ENGINE, QUEUE
 from gatebot.errors import GatebotError
 
 routes = web.RouteTableDef()
@@ -30,4 +36,13 @@ async def readyz(request: web.Request) -> web.Response:
     except GatebotError as exc:
         checks["docker"] = f"unavailable: {exc}"
     ready = all(v == "ok" for v in checks.values())
+    queue = request.app[QUEUE]
+    if queue.alive:
+        checks["queue"] = "paused" if queue.paused else "ok"
+    elif queue.started:
+        checks["queue"] = "stopped: the dispatcher has died; restart gatebot"
+        ready = False
+    else:
+        checks["queue"] = f"not started: {queue.start_problem or 'starting'}"
+        ready = False  # with Docker unreachable, the docker check says so already
     return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)

@@ -9,7 +9,8 @@ The stream polls the log file and the step rows (SQLite has nothing to wait on).
     end     {"status": ...}: nothing more will come; the stream closes
 
 Each event carries an id (``<step id>.<log offset>``), so a client that reconnects with
-Last-Event-ID resumes where it was instead of starting over.
+Last-Event-ID resumes where it was instead of starting over. A line longer than CHUNK bytes
+comes in pieces of at most CHUNK bytes, each but the last ending in CUT_MARK.
 """
 
 from __future__ import annotations
@@ -30,10 +31,15 @@ from gatebot.store.jobs import RUNNING
 POLL_SECONDS = 0.2
 KEEPALIVE_SECONDS = 15.0
 CHUNK = 256 * 1024
+CUT_MARK = " …(the line goes on)"
 
 
 def read_new_lines(path: Path, offset: int) -> list[tuple[str, int]]:
-    """The complete lines of `path` after byte `offset`, each with the offset just after it."""
+    """The complete lines of `path` after byte `offset`, each with the offset just after it.
+
+    A line longer than CHUNK comes as a piece of it marked with CUT_MARK (cut at a character
+    boundary), and the offset moves past the piece: the rest follows at the next call.
+    """
     try:
         with open(path, "rb") as fh:
             fh.seek(offset)
@@ -44,7 +50,22 @@ def read_new_lines(path: Path, offset: int) -> list[tuple[str, int]]:
     for raw in data.split(b"\n")[:-1]:  # the last piece is an unfinished line (or empty)
         offset += len(raw) + 1
         found.append((raw.decode("utf-8", "replace").rstrip("\r"), offset))
+    if not found and len(data) == CHUNK:  # a full chunk and no newline: a very long line
+        piece = data[: _character_boundary(data)]
+        found.append((piece.decode("utf-8", "replace") + CUT_MARK, offset + len(piece)))
     return found
+
+
+def _character_boundary(data: bytes) -> int:
+    """Where to cut `data` so that no UTF-8 character is split (never at 0)."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 == 0xC0:  # the lead byte of a character ending beyond `data`?
+            width = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return len(data) - back if width > back and back < len(data) else len(data)
+        if byte & 0x80 == 0:  # ASCII: nothing is split
+            return len(data)
+    return len(data)
 
 
 async def log_text(engine: Engine, d: Deployment, secrets: list[str]) -> str:
@@ -105,6 +126,9 @@ async def follow(
         }
     )
     await response.prepare(request)
+    if request.method == "HEAD":  # headers only: a body would corrupt a kept-alive connection
+        await response.write_eof()
+        return response
     deployments = engine.store.deployments
     path = engine.log_path(deployment_id)
     step_after, offset = parse_last_event_id(request.headers.get("Last-Event-ID") or resume)

@@ -6,25 +6,34 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 
+from aiohttp import web
+
 from gatebot.api.keys import ENGINE
 from tests.api.conftest import ClientFactory
 from tests.api.test_v1 import auth
 from tests.conftest import Setup
 
-READS = [
-    "/api/v1/projects",
-    "/api/v1/projects/{name}",
-    "/api/v1/projects/{name}/deployments",
-    "/api/v1/deployments/1",
-    "/api/v1/deployments/1/logs",
-    "/api/v1/jobs",
-    "/api/v1/jobs/1",
-]
-CHANGES = [
-    ("POST", "/api/v1/deploy", {"projectId": "{name}"}),
-    ("POST", "/api/v1/projects/{name}/rollback", {}),
-    ("DELETE", "/api/v1/jobs/1", None),
-]
+READ_METHODS = ("GET", "HEAD")
+PUBLIC = {
+    ("GET", "/api/v1/openapi.json"),
+    ("HEAD", "/api/v1/openapi.json"),
+    ("POST", "/deployments/{id}"),  # the sign-in form: it takes the token in its body
+}
+
+
+def guarded_routes(app: web.Application) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(API routes, page routes) from the app's router, as (method, path template): every
+    route under /api/v1 and under /deployments (pages, with public_pages off), but PUBLIC."""
+    api, pages = [], []
+    for route in app.router.routes():
+        key = (route.method, route.resource.canonical) if route.resource else None
+        if key is None or key in PUBLIC:
+            continue
+        if key[1].startswith("/api/v1/"):
+            api.append(key)
+        elif key[1].startswith("/deployments/"):
+            pages.append(key)
+    return api, pages
 
 
 async def test_every_endpoint_needs_a_token_and_the_right_scope(
@@ -43,24 +52,42 @@ async def test_every_endpoint_needs_a_token_and_the_right_scope(
         {"Authorization": "Bearer gb_0123456789ab_" + "x" * 43},
         {"Authorization": "Bearer not-a-gatebot-token"},
     ]
+    api, pages = guarded_routes(client.app)
+    reads = [(m, t) for m, t in api if m in READ_METHODS]
+    changes = [(m, t) for m, t in api if m not in READ_METHODS]
+    # The derivation finds what is known to be there (and whatever is added later).
+    assert {("GET", "/api/v1/projects"), ("GET", "/api/v1/deployments/{id}/logs")} <= set(reads)
+    assert {("POST", "/api/v1/deploy"), ("DELETE", "/api/v1/jobs/{id}")} <= set(changes)
+    assert {("GET", "/deployments/{id}"), ("GET", "/deployments/{id}/events")} <= set(pages)
 
-    for template in READS:
-        path = template.format(name=setup.name)
+    def fill(template: str) -> str:
+        return template.format(name=setup.name, id=1)  # deployment 1 and job 1 exist
+
+    for method, template in reads:
+        path = fill(template)
         for headers in bad_headers:
-            response = await client.get(path, headers=headers)
-            assert response.status == 401, (path, headers)
+            response = await client.request(method, path, headers=headers)
+            assert response.status == 401, (method, path, headers)
             assert response.headers["WWW-Authenticate"].startswith('Bearer realm="gatebot"')
-            body = await response.json()
-            assert body["error"] == "unauthorized" and set(body) == {"error", "message"}
-        assert (await client.get(path, headers=read)).status == 200, path
-        assert (await client.get(path, headers=deploy)).status == 200, path
+            if method == "GET":
+                body = await response.json()
+                assert body["error"] == "unauthorized" and set(body) == {"error", "message"}
+        assert (await client.request(method, path, headers=read)).status == 200, path
+        assert (await client.request(method, path, headers=deploy)).status == 200, path
 
-    for method, template, payload in CHANGES:
-        path = template.format(name=setup.name)
-        body = {k: v.format(name=setup.name) for k, v in (payload or {}).items()}
+    for method, template in pages:  # public_pages is off
+        path = fill(template)
+        for headers in bad_headers:
+            response = await client.request(method, path, headers=headers)
+            assert response.status == 401, (method, path, headers)
+        assert (await client.request(method, path, headers=read)).status == 200, path
+
+    for method, template in changes:
+        path = fill(template)
+        body: dict[str, str] = {}
         for headers in bad_headers:
             response = await client.request(method, path, json=body, headers=headers)
-            assert response.status == 401, (path, headers)
+            assert response.status == 401, (method, path, headers)
         refused = await client.request(method, path, json=body, headers=read)
         assert refused.status == 403, path
         answer = await refused.json()
