@@ -1,5 +1,7 @@
 """Comment commands: what a `/rollback` comment on a commit asks for, decided without I/O.
 
+Replies never quote the comment back, so nobody can make gatebot post text of their choosing.
+
 Grammar (the comment's first line; the rest of the comment is free text):
 
     /rollback [PROJECT] [to VERSION|SHA]
@@ -47,14 +49,16 @@ def parse_comment(body: str) -> RollbackCommand | CommandError | None:
     if args and args[0].lower() != "to":
         project = args.pop(0)
         if not PROJECT_NAME.match(project):
-            return CommandError(f"{project!r} is not a project name. {USAGE}")
+            return CommandError(f"the word after `/rollback` is not a project name. {USAGE}")
     to: str | None = None
     if args:
         if args[0].lower() != "to" or len(args) != 2:
-            return CommandError(f"I did not understand `{first}`. {USAGE}")
+            return CommandError(f"I did not understand the command. {USAGE}")
         to = args[1]
         if not _REF.match(to):
-            return CommandError(f"{to!r} is neither a version nor a commit SHA. {USAGE}")
+            return CommandError(
+                f"the word after `to` is neither a version nor a commit SHA. {USAGE}"
+            )
     return RollbackCommand(project=project, to=to)
 
 

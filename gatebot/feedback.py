@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Coroutine
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gatebot.commands import (
@@ -27,7 +27,7 @@ from gatebot.commands import (
     choose_project,
     parse_comment,
 )
-from gatebot.errors import GatebotError, NothingToRollBack
+from gatebot.errors import GatebotError, LockHeld, NothingToRollBack, StageFailed
 from gatebot.events import CommentCommand
 from gatebot.forges.base import (
     CommitRef,
@@ -37,6 +37,7 @@ from gatebot.forges.base import (
     RepoRef,
     StatusTarget,
 )
+from gatebot.logs import redact, secrets_of
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.journal import JournalEvent, Listener
 from gatebot.pipeline.status import Status
@@ -71,6 +72,7 @@ class ForgeFeedback:
         ] = {}
         self._posters: dict[tuple[str, str, str, str], asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self.secrets = secrets_of(settings)
 
     # --- plumbing -------------------------------------------------------------------------
 
@@ -99,9 +101,7 @@ class ForgeFeedback:
     async def settle(self) -> None:
         """Wait until every forge call started so far has gone out (or given up)."""
         while self._background or self._posters:
-            await asyncio.gather(
-                *self._background, *self._posters.values(), return_exceptions=True
-            )
+            await asyncio.gather(*self._background, *self._posters.values(), return_exceptions=True)
 
     async def close(self, timeout: float = 10.0) -> None:
         """Give queued forge calls a little time to go out, then stop."""
@@ -133,6 +133,7 @@ class ForgeFeedback:
             context=f"gatebot/{project.name}",
         )
         key = (project.forge, target.commit.repo.repo, sha, target.context)
+        description = redact(description, self.secrets)
         self._pending[key] = (target, state, description, self.page_url(deployment_id))
         poster = self._posters.get(key)
         if poster is None or poster.done():
@@ -153,6 +154,7 @@ class ForgeFeedback:
 
     def reply(self, forge: str, repo: RepoRef, sha: str, body: str) -> None:
         client = self.clients.get(forge)
+        body = redact(body, self.secrets)
         if client is None:
             log.info("no %s API configured; reply not posted: %s", forge, body)
             return
@@ -192,34 +194,62 @@ class ForgeFeedback:
                 job, sha, "live", f"v{deployment.version} live on {deployment.color}", dep_id
             )
         elif job.kind == "deploy" and deployment is not None and deployment.failed_stage:
-            reason = deployment.error or job.error or "failed"
+            reason = public_reason(deployment.error or job.error or "failed")
             self.status(job, sha, "failed", f"{deployment.failed_stage}: {reason}", dep_id)
         elif job.kind == "deploy":
-            self.status(job, sha, "error", f"failed: {job.error or 'internal error'}", dep_id)
+            reason = public_reason(job.error or "internal error")
+            self.status(job, sha, "error", f"failed: {reason}", dep_id)
 
 
 # --- comment commands -----------------------------------------------------------------------
 
 
-def plan_comment(settings: Settings, event: CommentCommand) -> tuple[NewJob | None, str]:
-    """The rollback job a comment asks for (None if none) and what to say about it: the reason
-    it is ignored, or the reply explaining a malformed command (prefixed ``reply:``)."""
+def public_reason(text: str, limit: int = 200) -> str:
+    """What a failure may say in public (a status, a comment): its first line, without the
+    container's log lines, which may hold anything the app printed."""
+    first = text.strip().splitlines()[0] if text.strip() else "failed"
+    first = first.split("; last log lines:")[0].split("; it wrote no log lines")[0]
+    return first if len(first) <= limit else first[: limit - 1] + "…"
+
+
+@dataclass(frozen=True)
+class CommentPlan:
+    """What a comment asks for: a job to queue, or a reply to give an allowed commenter
+    (`reply`), or nothing (`ignored` says why)."""
+
+    job: NewJob | None = None
+    reply: str | None = None
+    ignored: str | None = None
+    project: str | None = None
+
+
+def plan_comment(
+    settings: Settings, event: CommentCommand, allowed_projects: set[str] | None = None
+) -> CommentPlan:
+    """Decide what a comment asks for, without I/O. `allowed_projects`: the projects the
+    delivery's verified secret may act for (None: every project of the repository)."""
     own = {
         "github": settings.github.bot_login,
         "gitlab": settings.gitlab.bot_username,
     }.get(event.forge)
     if own and event.author.lower() == own.lower():
-        return None, "a comment by gatebot itself"
+        return CommentPlan(ignored="a comment by gatebot itself")
     parsed = parse_comment(event.body)
     if parsed is None:
-        return None, "not a command"
+        return CommentPlan(ignored="not a command")
+    candidates = [
+        p.name
+        for p in settings.projects_for(event.forge, event.repo)
+        if allowed_projects is None or p.name in allowed_projects
+    ]
+    if not candidates:
+        return CommentPlan(ignored=f"no project is deployed from {event.repo}")
     if isinstance(parsed, CommandError):
-        return None, f"reply:{parsed.message}"
-    candidates = [p.name for p in settings.projects_for(event.forge, event.repo)]
+        return CommentPlan(reply=parsed.message, project=candidates[0])
     chosen = choose_project(parsed, candidates)
     if isinstance(chosen, CommandError):
-        return None, f"reply:{chosen.message}"
-    return _rollback_job(event, parsed, chosen), "queued"
+        return CommentPlan(reply=chosen.message, project=candidates[0])
+    return CommentPlan(job=_rollback_job(event, parsed, chosen), project=chosen)
 
 
 def _rollback_job(event: CommentCommand, command: RollbackCommand, project: str) -> NewJob:
@@ -244,23 +274,47 @@ def _rollback_job(event: CommentCommand, command: RollbackCommand, project: str)
     )
 
 
-async def target_for_commit(engine: Engine, project: str, sha: str) -> str | None:
-    """What `/rollback` on commit `sha` means: None (the previous release) when `sha` is live,
-    else the version of the newest once-live release of that commit."""
-    active = await engine.store.deployments.active(project)
-    if active is not None and active.commit_sha == sha:
-        return None
-    for deployment in await engine.store.deployments.history(project, limit=10_000):
-        if deployment.commit_sha == sha and deployment.status is Status.ROLLED_BACK:
-            return str(deployment.version)
-    raise NothingToRollBack(
-        f"commit {sha[:12]} was never live for {project}; comment on a deployed commit, "
-        f"or name a release: {USAGE}"
-    )
+async def resolve_target(engine: Engine, job: NewJob) -> NewJob:
+    """Fix what a `/rollback` comment means when it arrives, not when it runs: on the live
+    commit, the release before it; on an older commit, that commit's release. The job also
+    records the live release it was decided against; if another has gone live by the time the
+    job runs, the job is refused instead of guessing (and a retry after a crash cannot bounce
+    back to the release it replaced)."""
+    comment = dict((job.context or {}).get("comment") or {})
+    deployments = engine.store.deployments
+    active = await deployments.active(job.project)
+    target = job.target
+    if target is None:
+        sha = str(comment.get("sha", ""))
+        if active is not None and active.commit_sha == sha:
+            from gatebot.pipeline.rollback import choose_target
+
+            target = str((await choose_target(engine, job.project, active, None)).version)
+        else:
+            target = next(
+                (
+                    str(d.version)
+                    for d in await deployments.history(job.project, limit=10_000)
+                    if d.commit_sha == sha and d.status is Status.ROLLED_BACK
+                ),
+                None,
+            )
+            if target is None:
+                raise NothingToRollBack(
+                    f"commit {sha[:12]} was never live for {job.project}; comment on a "
+                    f"deployed commit, or name a release. {USAGE}"
+                )
+    comment["expect_active"] = active.id if active else None
+    return replace(job, target=target, context={**(job.context or {}), "comment": comment})
 
 
 def comment_runner(settings: Settings, feedback: ForgeFeedback, inner: JobRunner) -> JobRunner:
-    """Wrap `inner` so comment-triggered jobs are authorized and answered on the commit."""
+    """Wrap `inner` so comment-triggered jobs are authorized and answered on the commit.
+
+    The permission is asked once per job; a busy project (LockHeld) sends the job back to the
+    queue without a word; "Rolling back…" is said once, when the pipeline has the lock.
+    """
+    decided: dict[int, bool] = {}
 
     async def run(engine: Engine, job: Job, listeners: list[Listener]) -> Deployment:
         comment = job.context.get("comment")
@@ -273,26 +327,64 @@ def comment_runner(settings: Settings, feedback: ForgeFeedback, inner: JobRunner
         def say(body: str) -> None:
             feedback.reply(project.forge, repo, sha, body)
 
-        if not await may_deploy(feedback, project, repo, author, comment.get("author_id")):
+        if job.id not in decided:
+            decided[job.id] = await may_deploy(
+                feedback, project, repo, author, comment.get("author_id")
+            )
+        if not decided[job.id]:
             say(
                 f"@{author} you are not allowed to roll back `{project.name}`: it takes write "
                 f"permission on {repo.repo} (or a place in the project's allowlist)."
             )
             raise CommandRefused(f"{author} may not roll back {project.name}")
+        active = await engine.store.deployments.active(project.name)
+        if comment.get("expect_active") != (active.id if active else None):
+            say(
+                f"@{author} the live release of `{project.name}` changed since your comment "
+                f"(now v{active.version if active else '-'}); nothing was rolled back. "
+                "Comment again if you still want to."
+            )
+            raise CommandRefused("the live release changed since the comment")
+        started: list[int] = []  # the deployment the pipeline reports on
+
+        def on_start(event: JournalEvent) -> None:
+            if not started:
+                started.append(event.deployment_id)
+                say(
+                    f"Rolling back `{project.name}` to {_release(job.target)} "
+                    f"(requested by @{author})…"
+                )
+
         try:
-            target = job.target or await target_for_commit(engine, project.name, sha)
-            say(f"Rolling back `{project.name}` (requested by @{author})…")
-            deployment = await inner(engine, replace(job, target=target), listeners)
+            deployment = await inner(engine, job, [*listeners, on_start])
+        except LockHeld:
+            raise
+        except StageFailed as exc:
+            page = feedback.page_url(started[0] if started else None)
+            more = f" Details: {page}" if page else ""
+            say(
+                f"Rollback of `{project.name}` failed at {exc.stage}: "
+                f"{public_reason(exc.reason)}. v{active.version if active else '-'} "
+                f"is still live.{more}"
+            )
+            raise
         except GatebotError as exc:
-            say(f"Rollback of `{project.name}` failed: {exc}")
+            say(f"Rollback of `{project.name}` failed: {public_reason(str(exc))}")
             raise
         say(
             f"Rolled back `{project.name}`: v{deployment.version} "
             f"({(deployment.commit_sha or '')[:7]}) is live on {deployment.color}."
         )
+        decided.pop(job.id, None)
         return deployment
 
     return run
+
+
+def _release(target: str | None) -> str:
+    if target is None:
+        return "the previous release"
+    return f"v{target}" if target.isdigit() else target
 
 
 async def may_deploy(
@@ -316,3 +408,16 @@ async def may_deploy(
     except ForgeError as exc:
         log.warning("permission check for %s failed: %s", author, exc)
         return False
+
+
+async def reply_if_allowed(
+    feedback: ForgeFeedback, event: CommentCommand, project_name: str, body: str
+) -> None:
+    """Answer a command gatebot will not run, but only to someone who may deploy: nobody
+    else can make gatebot post on a commit."""
+    project = feedback.settings.project(project_name)
+    repo = RepoRef.of(event)
+    if await may_deploy(feedback, project, repo, event.author, event.author_id):
+        feedback.reply(event.forge, repo, event.sha, f"@{event.author} {body}")
+    else:
+        log.info("not answering %s: not allowed to deploy %s", event.author, project_name)

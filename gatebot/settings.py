@@ -115,6 +115,18 @@ class GitLabSettings(_Model):
     token: Secret | None = None  # sent as PRIVATE-TOKEN
     min_access_level: int = Field(30, ge=10, le=50)  # 30 Developer, 40 Maintainer
     bot_username: str | None = None  # gatebot's own account; its comments are ignored
+
+    @field_validator("webhook_signing_token")
+    @classmethod
+    def _signing_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            from gatebot.forges.gitlab.sansio import signing_key
+
+            try:
+                signing_key(value.get_secret_value())
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return value
     request_timeout: float = Field(10.0, gt=0)
     retry_for_seconds: float = Field(120.0, ge=0)
 
@@ -211,7 +223,13 @@ class ProjectSettings(_Model):
         if self.forge_repo is None:
             from gatebot.forges import repo_from_url
 
-            object.__setattr__(self, "forge_repo", repo_from_url(self.repo))
+            derived = repo_from_url(self.repo)
+            if derived is None:
+                raise ValueError(
+                    "forge_repo: cannot tell the forge's repository name from repo; "
+                    'set forge_repo = "owner/name"'
+                )
+            object.__setattr__(self, "forge_repo", derived)
         return self
 
     @property

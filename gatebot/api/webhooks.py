@@ -7,16 +7,17 @@ as soon as its record and its jobs are committed to SQLite; deploys run later, i
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable
 
 from aiohttp import web
 
-from gatebot.api.keys import FEEDBACK, QUEUE, SETTINGS
+from gatebot.api.keys import ENGINE, FEEDBACK, QUEUE, SETTINGS
+from gatebot.errors import NothingToRollBack
 from gatebot.events import CommentCommand, Event, Ignored, Ping, Push
-from gatebot.feedback import plan_comment
-from gatebot.forges.base import RepoRef
+from gatebot.feedback import CommentPlan, plan_comment, reply_if_allowed, resolve_target
 from gatebot.forges.errors import WebhookRejected
 from gatebot.forges.github import sansio as github
 from gatebot.forges.gitlab import sansio as gitlab
@@ -40,26 +41,29 @@ async def read_body(request: web.Request) -> bytes:
 
 def candidate_secrets(
     settings: Settings, forge: str, repo: str | None, default: str | None
-) -> list[str]:
-    """Secrets a delivery for `repo` may be signed with: each tracking project's own, or the
-    forge-wide one."""
+) -> dict[str, set[str]]:
+    """The secrets a delivery for `repo` may be signed with, each with the projects it may act
+    for: a project's own secret acts for that project only; the forge-wide one for the rest."""
     projects = settings.projects_for(forge, repo) if repo else []
-    secrets = [
-        p.webhook_secret.get_secret_value() if p.webhook_secret else default for p in projects
-    ]
-    if not projects:
-        secrets = [default]
-    return list(dict.fromkeys(s for s in secrets if s))
+    secrets: dict[str, set[str]] = {}
+    for project in projects:
+        secret = project.webhook_secret.get_secret_value() if project.webhook_secret else default
+        if secret:
+            secrets.setdefault(secret, set()).add(project.name)
+    if not projects and default:
+        secrets[default] = set()  # verified, but no project will act on it
+    return secrets
 
 
-def verify_with_any(secrets: list[str], verify: Callable[[str], None]) -> None:
+def verify_with_any(secrets: dict[str, set[str]], verify: Callable[[str], None]) -> set[str]:
+    """Verify with each candidate secret; return the projects the one that passed acts for."""
     if not secrets:
         raise WebhookRejected.unauthorized("no webhook secret is configured for this delivery")
     failure: WebhookRejected | None = None
-    for secret in secrets:
+    for secret, projects in secrets.items():
         try:
             verify(secret)
-            return
+            return projects
         except WebhookRejected as exc:
             failure = exc
     assert failure is not None
@@ -79,9 +83,11 @@ async def github_webhook(request: web.Request) -> web.Response:
         default.get_secret_value() if default else None,
     )
     signature = request.headers.get("X-Hub-Signature-256")
-    verify_with_any(secrets, lambda secret: github.verify_signature(body, signature, secret))
+    allowed = verify_with_any(
+        secrets, lambda secret: github.verify_signature(body, signature, secret)
+    )
     event = github.parse_event(request.headers, github.decode_body(content_type, body))
-    return await accept(request, event)
+    return await accept(request, event, allowed, body)
 
 
 @routes.post("/webhooks/gitlab")
@@ -108,17 +114,25 @@ async def gitlab_webhook(request: web.Request) -> web.Response:
             now=now,
         )
 
+    allowed: set[str] | None = None  # the signing token alone acts for every project
     if tokens:
-        verify_with_any(tokens, check)
+        allowed = verify_with_any(tokens, check)
     else:
         check(None)  # signing token only, or nothing configured (refused)
     event = gitlab.parse_event(headers, gitlab.decode_body(headers.get("Content-Type"), body))
-    return await accept(request, event)
+    return await accept(request, event, allowed, body)
 
 
-def plan_push(settings: Settings, push: Push) -> tuple[list[NewJob], str | None]:
-    """The deploy jobs a push asks for, or none and the reason it is ignored."""
-    projects = settings.projects_for(push.forge, push.repo)
+def plan_push(
+    settings: Settings, push: Push, allowed: set[str] | None = None
+) -> tuple[list[NewJob], str | None]:
+    """The deploy jobs a push asks for, or none and the reason it is ignored. `allowed`: the
+    projects the delivery's verified secret may act for (None: all)."""
+    projects = [
+        p
+        for p in settings.projects_for(push.forge, push.repo)
+        if allowed is None or p.name in allowed
+    ]
     if not projects:
         return [], f"no project tracks {push.repo}"
     if push.is_tag:
@@ -147,7 +161,9 @@ def plan_push(settings: Settings, push: Push) -> tuple[list[NewJob], str | None]
     ], None
 
 
-async def accept(request: web.Request, event: Event) -> web.Response:
+async def accept(
+    request: web.Request, event: Event, allowed: set[str] | None, body: bytes
+) -> web.Response:
     """Record the delivery and queue what it asks for, in one transaction."""
     queue = request.app[QUEUE]
     settings = request.app[SETTINGS]
@@ -159,27 +175,31 @@ async def accept(request: web.Request, event: Event) -> web.Response:
     elif isinstance(event, Ignored):
         name, reason = event.event_name, event.reason
     elif isinstance(event, Push):
-        jobs, reason = plan_push(settings, event)
+        jobs, reason = plan_push(settings, event, allowed)
     elif isinstance(event, CommentCommand):
-        job, reason = plan_comment(settings, event)
-        jobs = [job] if job else []
+        plan = plan_comment(settings, event, allowed)
+        reason = plan.ignored
+        if plan.job is not None:
+            try:
+                jobs = [await resolve_target(request.app[ENGINE], plan.job)]
+            except NothingToRollBack as nothing:
+                plan = CommentPlan(reply=str(nothing), project=plan.project)
+        if plan.reply is not None and plan.project is not None:
+            reason = "the command cannot run; the commenter is answered if allowed to deploy"
     extra = {"delivery": event.delivery_id}
+    digest = hashlib.sha256(body).hexdigest()
     try:
         created = await queue.submit(
-            jobs, delivery=(event.forge, event.delivery_id, name), supersede=True
+            jobs, delivery=(event.forge, event.delivery_id, name, digest), supersede=True
         )
-    except DuplicateDelivery:
-        log.info("%s delivery %s is a redelivery", event.forge, event.delivery_id, extra=extra)
+    except DuplicateDelivery as duplicate:
+        log.info("%s delivery %s: %s", event.forge, event.delivery_id, duplicate, extra=extra)
         return web.json_response({"duplicate": True, "delivery": event.delivery_id})
+    if isinstance(event, CommentCommand) and plan.reply is not None and plan.project:
+        feedback = request.app[FEEDBACK]
+        feedback.spawn(reply_if_allowed(feedback, event, plan.project, plan.reply))
     if isinstance(event, Ping):
         return web.json_response({"ok": True, "event": "ping"})
-    if isinstance(event, CommentCommand) and reason and reason.startswith("reply:"):
-        answer = reason.removeprefix("reply:")
-        request.app[FEEDBACK].reply(event.forge, RepoRef.of(event), event.sha, answer)
-        log.info(
-            "%s delivery %s: command not understood", event.forge, event.delivery_id, extra=extra
-        )
-        return web.json_response({"ignored": True, "reason": "usage", "reply": answer})
     if not created:
         log.info("%s delivery %s ignored: %s", event.forge, event.delivery_id, reason, extra=extra)
         return web.json_response({"ignored": True, "reason": reason})

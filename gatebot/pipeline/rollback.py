@@ -64,7 +64,7 @@ async def rollback(
             await undo(engine, project, target, active, slot, switched, journal)
             raise
         await journal.note("live", f"v{target.version} live on {slot.color} (port {slot.port})")
-        await retire(engine, project, active, journal)
+        await retire(engine, project, active, journal, prune=False)
         return target
 
 

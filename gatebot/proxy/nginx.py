@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +90,32 @@ class NginxProxy:
         self._lock = asyncio.Lock()  # one test+reload at a time within this process
         self.on_reload: ReloadListener | None = None  # told how each apply ended (metrics)
 
+    @contextlib.asynccontextmanager
+    async def _exclusive(self, wait: float = 120.0) -> AsyncIterator[None]:
+        """One write+test+reload at a time, in this process (asyncio lock) and across gatebot
+        processes sharing conf_dir (an flock), so no one tests or reloads another's half-made
+        change."""
+        async with self._lock:
+            self.conf_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.conf_dir / ".gatebot-nginx.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + wait
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if loop.time() > deadline:
+                            raise ProxyError(
+                                f"another gatebot process kept {self.conf_dir} locked "
+                                f"for {wait:g}s"
+                            ) from None
+                        await asyncio.sleep(0.05)
+                yield
+            finally:
+                os.close(fd)  # releases the flock
+
     def _told(self, outcome: str) -> None:
         if self.on_reload is not None:
             with contextlib.suppress(Exception):
@@ -115,7 +142,7 @@ class NginxProxy:
         Returns False when the file already had that content (nothing was reloaded).
         On a failed test the previous file is restored and ProxyError carries nginx's message.
         """
-        async with self._lock:
+        async with self._exclusive():
             previous = self.current(project)
             if previous == text:
                 return False

@@ -158,7 +158,7 @@ class Database:
         between awaits would keep the reader's snapshot, and another coroutine's query would
         then miss a transaction committed meanwhile (a job just enqueued "does not exist")."""
         rows = await self.reader.execute_fetchall(sql, tuple(params))
-        return list(rows)  # type: ignore[arg-type]
+        return list(rows)
 
     async def execute(self, sql: str, params: Iterable[Any] = ()) -> int:
         """Run one write statement in its own transaction; return lastrowid."""

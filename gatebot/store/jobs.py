@@ -85,7 +85,7 @@ class _Pending:
     """An enqueue waiting for the next group commit."""
 
     jobs: list[NewJob]
-    delivery: tuple[str, str, str] | None
+    delivery: tuple[str, str, str, str | None] | None
     supersede: bool
     future: asyncio.Future[_Outcome]
 
@@ -110,14 +110,14 @@ def _apply(conn: sqlite3.Connection, pending: _Pending) -> _Outcome | Exception:
 def _enqueue_rows(conn: sqlite3.Connection, pending: _Pending) -> _Outcome:
     now = utcnow()
     if pending.delivery is not None:
-        forge, delivery_id, event = pending.delivery
+        forge, delivery_id, event, digest = pending.delivery
         recorded = conn.execute(
-            "INSERT OR IGNORE INTO deliveries (forge, delivery_id, event, outcome, received_at)"
-            " VALUES (?, ?, ?, ?, ?) RETURNING delivery_id",
-            (forge, delivery_id, event, "queued" if pending.jobs else "ignored", now),
+            "INSERT OR IGNORE INTO deliveries (forge, delivery_id, event, outcome, received_at,"
+            " body_sha256) VALUES (?, ?, ?, ?, ?, ?) RETURNING delivery_id",
+            (forge, delivery_id, event, "queued" if pending.jobs else "ignored", now, digest),
         ).fetchall()
         if not recorded:
-            raise DuplicateDelivery(f"delivery {delivery_id} was received before")
+            raise DuplicateDelivery(f"delivery {delivery_id} (or its body) was received before")
     created: list[Job] = []
     superseded: list[tuple[Job, Job]] = []
     for job in pending.jobs:
@@ -203,7 +203,7 @@ class Jobs:
         self,
         jobs: list[NewJob],
         *,
-        delivery: tuple[str, str, str] | None = None,
+        delivery: tuple[str, str, str, str | None] | None = None,
         supersede: bool = False,
     ) -> list[Job]:
         """Insert `jobs` (and the delivery (forge, id, event), if any) in one transaction.
@@ -218,7 +218,7 @@ class Jobs:
         self,
         jobs: list[NewJob],
         *,
-        delivery: tuple[str, str, str] | None = None,
+        delivery: tuple[str, str, str, str | None] | None = None,
         supersede: bool = False,
     ) -> tuple[list[Job], list[tuple[Job, Job]]]:
         """`enqueue`, also returning the (superseded job, newer job) pairs.
@@ -321,16 +321,32 @@ class Jobs:
             return cursor.rowcount == 1
 
     async def recover_interrupted(self) -> tuple[list[Job], list[Job]]:
-        """After a restart: running jobs become failed ("interrupted"); each is queued again
-        once, as a new job, unless it is itself a retry or a newer job for its project exists.
-        Returns (failed, requeued)."""
+        """After a restart: a running job whose release went live before the crash (only its
+        drain was cut short) is succeeded; the others become failed ("interrupted") and each is
+        queued again once, as a new job, unless it is itself a retry or a newer job for its
+        project exists. Returns (failed, requeued)."""
         now = utcnow()
         failed: list[int] = []
         requeued: list[int] = []
         async with self.db.transaction() as conn:
-            cursor = await conn.execute("SELECT * FROM jobs WHERE state = 'running' ORDER BY id")
+            cursor = await conn.execute(
+                "SELECT jobs.*, deployments.status AS deployment_status FROM jobs"
+                " LEFT JOIN deployments ON deployments.id = jobs.deployment_id"
+                " WHERE jobs.state = 'running' ORDER BY jobs.id"
+            )
             for row in await cursor.fetchall():
-                job = Job.from_row(row)
+                data = dict(row)
+                went_live = data.pop("deployment_status") in (
+                    ("ACTIVE",) if data["kind"] == "rollback" else ("ACTIVE", "ROLLED_BACK")
+                )
+                job = Job(**{**data, "context": json.loads(data["context"] or "{}")})
+                if went_live:
+                    await conn.execute(
+                        "UPDATE jobs SET state = 'succeeded', finished_at = ?, updated_at = ?"
+                        " WHERE id = ?",
+                        (now, now, job.id),
+                    )
+                    continue
                 await conn.execute(
                     "UPDATE jobs SET state = 'failed', error = ?, finished_at = ?, updated_at = ?"
                     " WHERE id = ?",

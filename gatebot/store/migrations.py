@@ -98,4 +98,10 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX audit_at ON audit (at)
     """,
+    # 4: a delivery's body digest, so a captured delivery replayed under a new id is a duplicate
+    """
+    ALTER TABLE deliveries ADD COLUMN body_sha256 TEXT;
+    CREATE UNIQUE INDEX deliveries_body ON deliveries (forge, body_sha256)
+        WHERE body_sha256 IS NOT NULL
+    """,
 ]

@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient
 from gatebot.app import create_app
 from gatebot.settings import Settings, parse_settings
 from tests.conftest import Setup
-from tests.deliveries import GITHUB_SECRET, GITLAB_SIGNING_TOKEN, GITLAB_TOKEN
+from tests.deliveries import GITHUB_SECRET, GITLAB_TOKEN
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
@@ -21,12 +21,13 @@ def server_settings(
     *,
     queue: dict[str, Any] | None = None,
     server: dict[str, Any] | None = None,
+    gitlab: dict[str, Any] | None = None,
     **project: Any,
 ) -> Settings:
     raw = setup.settings().model_dump(mode="json")
     raw["projects"] = [setup.project(forge_repo=f"acme/{setup.name}", **project)]
     raw["github"] = {"webhook_secret": GITHUB_SECRET}
-    raw["gitlab"] = {"webhook_token": GITLAB_TOKEN, "webhook_signing_token": GITLAB_SIGNING_TOKEN}
+    raw["gitlab"] = gitlab if gitlab is not None else {"webhook_token": GITLAB_TOKEN}
     raw["queue"] = {**raw.get("queue", {}), **(queue or {})}
     raw["server"] = {**raw["server"], **(server or {})}
     _drop_none(raw)

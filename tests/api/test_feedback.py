@@ -407,3 +407,109 @@ async def test_gitlab_superseded_deploy_is_canceled(
     await client.app[FEEDBACK].settle()
     last = fake.statuses(GITLAB_PROJECT_ID, "3" * 40)[-1]
     assert (last["status"], last["description"]) == ("canceled", "superseded by 4444444")
+
+
+async def test_failure_status_never_carries_the_apps_log_lines_or_secrets(
+    start_server: ClientFactory, setup: Setup, github: tuple[FakeGitHub, str]
+) -> None:
+    fake, url = github
+    secret = "s3cr3t-database-password"
+    client, repo = await github_server(
+        start_server, setup, fake, url, project={"env": {"DATABASE_URL": secret}}
+    )
+    leaky = '#!/bin/sh\necho "connecting with $DATABASE_URL" >&2\nexit 3\n'
+    sha = setup.repo.commit("leaky", start_script=leaky)
+    await post_github(client, "push", github_push_payload(repo, sha))
+    await settle(client)
+    last = fake.statuses(repo, sha)[-1]
+    assert last["state"] == "failure"
+    assert last["description"].startswith("health: container")
+    assert secret not in str(fake.calls) and "connecting with" not in last["description"]
+
+
+async def test_usage_replies_go_only_to_people_allowed_to_deploy(
+    start_server: ClientFactory, setup: Setup, github: tuple[FakeGitHub, str]
+) -> None:
+    fake, url = github
+    client, repo = await github_server(start_server, setup, fake, url)
+    shas = await deploy_three(client, setup, repo)
+    fake.set_permission(repo, "alice", "write")
+    fake.set_permission(repo, "mallory", "none")
+    body = "/rollback to @everyone-look-here"
+    await post_github(client, "commit_comment", comment_payload(repo, shas[-1], body, "mallory"))
+    await settle(client)
+    assert fake.comments(repo, shas[-1]) == [], "an outsider cannot make gatebot post"
+    await post_github(client, "commit_comment", comment_payload(repo, shas[-1], body, "alice"))
+    await settle(client)
+    replies = fake.comments(repo, shas[-1])
+    assert len(replies) == 1 and replies[0].startswith("@alice ")
+    assert "@everyone-look-here" not in replies[0], "the comment is not echoed back"
+
+
+async def test_a_comment_decided_against_a_live_release_that_changed_is_refused(
+    start_server: ClientFactory, setup: Setup, github: tuple[FakeGitHub, str]
+) -> None:
+    fake, url = github
+    client, repo = await github_server(start_server, setup, fake, url)
+    shas = await deploy_three(client, setup, repo)
+    fake.set_permission(repo, "alice", "write")
+    queue = client.app[QUEUE]
+    queue.paused = True
+    sha4 = setup.repo.commit("v4")
+    await post_github(client, "push", github_push_payload(repo, sha4))  # runs first
+    await post_github(
+        client, "commit_comment", comment_payload(repo, shas[-1], "/rollback", "alice")
+    )
+    jobs = await client.app[ENGINE].store.jobs.recent()
+    assert (jobs[0].kind, jobs[0].target) == ("rollback", "2"), "decided when it arrived"
+    queue.paused = False
+    queue.wake()
+    await settle(client)
+    assert await live_version(setup) == "v4", "v4 went live after the comment: nothing rolls back"
+    assert "changed since your comment" in fake.comments(repo, shas[-1])[-1]
+
+
+async def test_a_busy_project_makes_a_comment_wait_without_a_word(
+    start_server: ClientFactory, setup: Setup, github: tuple[FakeGitHub, str]
+) -> None:
+    import asyncio
+    import subprocess
+    import sys
+
+    fake, url = github
+    client, repo = await github_server(
+        start_server, setup, fake, url, queue={"busy_retry_seconds": 0.2}
+    )
+    shas = await deploy_three(client, setup, repo)
+    fake.set_permission(repo, "alice", "write")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import asyncio\nfrom pathlib import Path\n"
+            "from gatebot.pipeline.lock import ProjectLocks\n"
+            "async def main():\n"
+            f"    async with ProjectLocks(Path({str(setup.data_dir / 'locks')!r})).hold("
+            f"{setup.name!r}, 'deploy by cli:someone'):\n"
+            "        print('locked', flush=True)\n"
+            "        await asyncio.sleep(2)\n"
+            "asyncio.run(main())\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        await post_github(
+            client, "commit_comment", comment_payload(repo, shas[-1], "/rollback", "alice")
+        )
+        await asyncio.sleep(1.0)  # a handful of retries while the lock is held
+        assert fake.comments(repo, shas[-1]) == []
+    finally:
+        holder.wait(timeout=30)
+    await settle(client)
+    assert await eventually_live(setup, "v2") == "v2"
+    replies = fake.comments(repo, shas[-1])
+    assert len(replies) == 2 and "someone" not in " ".join(replies)
+    permission_checks = fake.calls_to(f"/repos/{repo}/collaborators/alice/permission")
+    assert len(permission_checks) == 1, "asked once, not at every retry"

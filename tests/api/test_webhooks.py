@@ -3,8 +3,11 @@ idempotency, and the queue behind them (coalescing, durability, end to end)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import urllib.parse
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -205,21 +208,38 @@ async def test_redelivery_is_acknowledged_and_queues_nothing(
 
 
 async def test_gitlab_token_and_signing_token(start_server: ClientFactory, setup: Setup) -> None:
-    client = await start_server(queue={"paused": True}, forge="gitlab")
     repo = f"acme/{setup.name}"
+    shas = (f"{n:040x}" for n in itertools.count(1))  # a distinct body each time
 
-    async def send(**kw: Any) -> int:
-        body, headers = gitlab_delivery(gitlab_push_payload(repo, "2" * 40), **kw)
-        return (await client.post("/webhooks/gitlab", data=body, headers=headers)).status
+    async def sender(gitlab: dict[str, str]) -> Callable[..., Awaitable[int]]:
+        client = await start_server(queue={"paused": True}, forge="gitlab", gitlab=gitlab)
 
-    assert await send() == 202
-    assert await send(token="wrong") == 401
-    assert await send(token=None) == 401
-    assert await send(signing_token=GITLAB_SIGNING_TOKEN) == 202
-    assert await send(token=GITLAB_TOKEN, signing_token="whsec_" + "QUJD" * 8) == 401
-    assert await send(signing_token=GITLAB_SIGNING_TOKEN, timestamp=1_000_000_000) == 401
-    jobs = await job_rows(client)
-    assert len(jobs) == 2 and {j.trigger for j in jobs} == {"push:jsmith"}
+        async def send(**kw: Any) -> int:
+            body, headers = gitlab_delivery(gitlab_push_payload(repo, next(shas)), **kw)
+            return (await client.post("/webhooks/gitlab", data=body, headers=headers)).status
+
+        return send
+
+    token_only = await sender({"webhook_token": GITLAB_TOKEN})
+    assert await token_only() == 202
+    assert await token_only(token="wrong") == 401
+    assert await token_only(token=None) == 401
+
+    signing_only = await sender({"webhook_signing_token": GITLAB_SIGNING_TOKEN})
+    assert await signing_only(token=None, signing_token=GITLAB_SIGNING_TOKEN) == 202
+    assert await signing_only(token=None, signing_token="whsec_" + "QUJD" * 8) == 401
+    stale = await signing_only(
+        token=None, signing_token=GITLAB_SIGNING_TOKEN, timestamp=1_000_000_000
+    )
+    assert stale == 401
+    assert await signing_only() == 401, "a token is no signature"
+
+    both = await sender(
+        {"webhook_token": GITLAB_TOKEN, "webhook_signing_token": GITLAB_SIGNING_TOKEN}
+    )
+    assert await both(signing_token=GITLAB_SIGNING_TOKEN) == 202
+    assert await both() == 401, "the signature cannot be stripped when both are configured"
+    assert await both(token="wrong", signing_token=GITLAB_SIGNING_TOKEN) == 401
 
 
 async def test_ten_quick_pushes_deploy_at_most_twice_and_the_newest_wins(
@@ -307,4 +327,58 @@ async def test_health_and_readiness(start_server: ClientFactory, setup: Setup) -
     assert (await client.get("/healthz")).status == 200
     ready = await client.get("/readyz")
     assert ready.status == 200
-    assert (await ready.json())["checks"] == {"database": "ok", "docker": "ok"}
+    assert (await ready.json())["checks"] == {"database": "ok", "docker": "ok", "queue": "ok"}
+
+
+async def test_a_replayed_body_under_a_new_delivery_id_is_a_duplicate(
+    start_server: ClientFactory, setup: Setup
+) -> None:
+    client = await start_server(queue={"paused": True})
+    payload = github_push_payload(f"acme/{setup.name}", "5" * 40)
+    first = await post_github(client, "push", payload, delivery="original")
+    replay = await post_github(client, "push", payload, delivery="forged-new-id")
+    assert first.status == 202
+    assert replay.status == 200 and (await replay.json())["duplicate"] is True
+    assert len(await job_rows(client)) == 1
+
+
+def test_a_projects_own_secret_acts_for_that_project_only(tmp_path: Path) -> None:
+    from gatebot.api.webhooks import candidate_secrets, plan_push, verify_with_any
+    from gatebot.events import Push
+    from gatebot.forges.github.sansio import verify_signature
+    from gatebot.settings import parse_settings
+
+    def project(name: str, port: int, **extra: Any) -> dict[str, Any]:
+        return {
+            "name": name,
+            "repo": "https://github.com/acme/shop.git",
+            "base_port": port,
+            **extra,
+        }
+
+    settings = parse_settings(
+        {
+            "github": {"webhook_secret": "forge-wide-secret"},
+            "projects": [project("own", 3100, webhook_secret="own-secret"), project("wide", 3102)],
+        },
+        source=tmp_path / "g.toml",
+    )
+    secrets = candidate_secrets(settings, "github", "acme/shop", "forge-wide-secret")
+    assert secrets == {"own-secret": {"own"}, "forge-wide-secret": {"wide"}}
+    body = b'{"x": 1}'
+    allowed = verify_with_any(
+        secrets, lambda s: verify_signature(body, github_signature(body, "forge-wide-secret"), s)
+    )
+    push = Push(
+        forge="github",
+        repo="acme/shop",
+        ref="refs/heads/main",
+        branch="main",
+        sha="6" * 40,
+        before="0" * 40,
+        deleted=False,
+        pusher="p",
+        delivery_id="d",
+    )
+    jobs, _ = plan_push(settings, push, allowed)
+    assert [j.project for j in jobs] == ["wide"], "the forge-wide secret cannot deploy 'own'"

@@ -290,9 +290,11 @@ def test_both_configured_bad_token_is_refused_despite_a_good_signature() -> None
         check(hdrs, body, token=TOKEN, signing=SIGNING_TOKEN)
 
 
-def test_both_configured_and_gitlab_sends_no_signature_the_token_decides() -> None:
-    # A GitLab without signing support sends only the token: that mechanism applies and passes.
-    check({"X-Gitlab-Token": TOKEN}, b"{}", token=TOKEN, signing=SIGNING_TOKEN)
+def test_both_configured_and_the_signature_stripped_is_refused() -> None:
+    # Whoever knows the token must not be able to drop the signature (and its replay guard).
+    with pytest.raises(WebhookRejected) as exc_info:
+        check({"X-Gitlab-Token": TOKEN}, b"{}", token=TOKEN, signing=SIGNING_TOKEN)
+    rejected(exc_info, 401)
 
 
 # --- delivery id, body --------------------------------------------------------------------
@@ -300,10 +302,10 @@ def test_both_configured_and_gitlab_sends_no_signature_the_token_decides() -> No
 
 def test_delivery_id_precedence() -> None:
     hdrs = {"Idempotency-Key": "idem", "webhook-id": "wh", "X-Gitlab-Event-UUID": "uuid"}
+    assert delivery_id(hdrs) == "wh", "the signed id wins: a replay cannot pose as new"
+    del hdrs["webhook-id"]
     assert delivery_id(hdrs) == "idem"
     del hdrs["Idempotency-Key"]
-    assert delivery_id(hdrs) == "wh"
-    del hdrs["webhook-id"]
     assert delivery_id(hdrs) == "uuid"
     del hdrs["X-Gitlab-Event-UUID"]
     with pytest.raises(WebhookRejected) as exc_info:

@@ -24,7 +24,7 @@ Backend = Callable[[str], Awaitable[int]]
 def project(name: str = "my-shop", site_port: int | None = None, **extra: Any) -> ProjectSettings:
     site = {"listen": f"127.0.0.1:{site_port}", "server_name": "localhost"} if site_port else None
     return ProjectSettings(
-        name=name, repo="https://example.com/x.git", base_port=3100, site=site, **extra
+        name=name, repo="https://example.com/acme/x.git", base_port=3100, site=site, **extra
     )
 
 
@@ -139,7 +139,8 @@ async def test_apply_writes_reloads_and_switches(
 
     assert await proxy.apply("my-shop", render_project_conf(shop, green)) is True
     assert await wait_for(url, "green backend") == "green backend"
-    assert sorted(p.name for p in nginx.conf_dir.iterdir()) == ["my-shop.conf"], "no temp file"
+    left = sorted(p.name for p in nginx.conf_dir.iterdir())
+    assert left == [".gatebot-nginx.lock", "my-shop.conf"], "no temp file, only the lock file"
 
 
 @pytest.mark.nginx
@@ -177,7 +178,8 @@ async def test_broken_sibling_keeps_the_previous_file(
     assert "zz-broken.conf" in message
     assert 'unknown directive "this"' in message
     assert path.read_bytes() == before
-    assert sorted(p.name for p in nginx.conf_dir.iterdir()) == ["my-shop.conf"], "no temp file"
+    left = sorted(p.name for p in nginx.conf_dir.iterdir())
+    assert left == [".gatebot-nginx.lock", "my-shop.conf"], "no temp file, only the lock file"
     assert await body_at(url) == "blue backend", "nginx still routes to the old port"
 
 
@@ -255,3 +257,28 @@ async def test_run_command_returns_code_and_combined_output() -> None:
     result = await run_command(["/bin/sh", "-c", "echo out; echo err >&2; exit 3"])
     assert result.returncode == 3
     assert result.output.splitlines() == ["out", "err"]
+
+
+async def test_apply_waits_for_another_process_holding_the_conf_dir(nginx: Nginx) -> None:
+    """Two gatebot processes sharing conf_dir never test or reload each other's half-made
+    change: apply waits while another process holds the directory's lock."""
+    import fcntl
+    import os
+
+    proxy = NginxProxy(nginx.conf_dir, nginx.test_cmd, nginx.reload_cmd)
+    shop = project("my-shop")
+    nginx.conf_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(nginx.conf_dir / ".gatebot-nginx.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    other = os.open(nginx.conf_dir / ".gatebot-nginx.lock", os.O_RDWR)
+    fcntl.flock(other, fcntl.LOCK_EX)  # "another process" (another open file description)
+    try:
+        task = asyncio.create_task(proxy.apply("my-shop", render_project_conf(shop, 3100)))
+        await asyncio.sleep(0.3)
+        assert not task.done(), "apply went ahead while the directory was locked"
+        assert proxy.current("my-shop") is None
+        fcntl.flock(other, fcntl.LOCK_UN)
+        assert await asyncio.wait_for(task, 10) is True
+        assert proxy.current("my-shop") is not None
+    finally:
+        os.close(other)
+        os.close(fd)

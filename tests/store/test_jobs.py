@@ -1,0 +1,48 @@
+"""The jobs table's recovery after a crash, on real SQLite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gatebot.store import NewJob, Store
+from gatebot.store.deployments import Slot
+
+
+async def test_a_job_whose_release_went_live_before_the_crash_is_not_run_again(
+    tmp_path: Path,
+) -> None:
+    store = await Store.open(tmp_path / "g.db")
+    try:
+        [job] = await store.jobs.enqueue([NewJob(project="shop", kind="deploy", trigger="t")])
+        assert await store.jobs.claim(job.id)
+        deployment = await store.deployments.create("shop", "t")
+        await store.jobs.set_deployment(job.id, deployment.id)
+        await store.deployments.mark_deploying(
+            deployment.id,
+            commit_sha="a" * 40,
+            commit_message="",
+            image="i",
+            slot=Slot(container="c", color="blue", port=3100),
+        )
+        await store.deployments.activate(deployment.id, old_id=None)  # live; then the crash
+
+        failed, requeued = await store.jobs.recover_interrupted()
+
+        assert (failed, requeued) == ([], [])
+        assert (await store.jobs.require(job.id)).state == "succeeded"
+    finally:
+        await store.close()
+
+
+async def test_an_interrupted_job_is_requeued_once(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "g.db")
+    try:
+        [job] = await store.jobs.enqueue([NewJob(project="shop", kind="deploy", trigger="t")])
+        assert await store.jobs.claim(job.id)
+        failed, [retry] = await store.jobs.recover_interrupted()
+        assert [f.id for f in failed] == [job.id] and retry.retry_of == job.id
+        assert await store.jobs.claim(retry.id)  # ... and gatebot dies again
+        failed, requeued = await store.jobs.recover_interrupted()
+        assert [f.id for f in failed] == [retry.id] and requeued == []
+    finally:
+        await store.close()
