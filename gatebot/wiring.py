@@ -4,12 +4,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
-import aiohttp
-
-from gatebot.forges.base import ForgeClient
-from gatebot.forges.github.client import GitHubClient
-from gatebot.forges.gitlab.client import GitLabClient
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.lock import ProjectLocks
 from gatebot.proxy.nginx import NginxProxy
@@ -18,10 +14,21 @@ from gatebot.settings import Settings
 from gatebot.store import Store
 from gatebot.vcs import GitSource
 
+if TYPE_CHECKING:
+    from gatebot.forges.base import ForgeClient
+
 
 @asynccontextmanager
 async def open_forges(settings: Settings) -> AsyncIterator[dict[str, ForgeClient]]:
-    """A client for each forge whose API credentials are configured, sharing one session."""
+    """A client for each forge whose API credentials are configured, sharing one session.
+
+    The forge libraries are imported here, not at the top: CLI commands never need them, and
+    they cost a noticeable part of a CLI deploy's start-up."""
+    import aiohttp
+
+    from gatebot.forges.github.client import GitHubClient
+    from gatebot.forges.gitlab.client import GitLabClient
+
     async with aiohttp.ClientSession() as session:
         clients: dict[str, ForgeClient] = {}
         github, gitlab = settings.github, settings.gitlab

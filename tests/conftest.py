@@ -14,7 +14,7 @@ import pytest
 
 from gatebot.devtools import free_port
 from gatebot.pipeline.engine import Engine
-from gatebot.runtime.base import IMAGE_LABEL_PROJECT, LABEL_PROJECT
+from gatebot.runtime.base import LABEL_PROJECT
 from gatebot.settings import Settings
 from gatebot.wiring import open_engine
 from tests.harness import (
@@ -67,7 +67,7 @@ def project_name(docker_client: docker.DockerClient) -> Iterator[str]:
         all=True, filters={"label": f"{LABEL_PROJECT}={name}"}
     ):
         container.remove(force=True)
-    for image in docker_client.images.list(filters={"label": f"{IMAGE_LABEL_PROJECT}={name}"}):
+    for image in docker_client.images.list(name=f"gatebot/{name}"):
         with contextlib.suppress(docker.errors.APIError):
             docker_client.images.remove(image.id, force=True)
 

@@ -9,9 +9,6 @@ from gatebot.pipeline.journal import Journal, Listener
 from gatebot.pipeline.lock import ProjectLocks
 from gatebot.proxy.nginx import NginxProxy, render_project_conf
 from gatebot.runtime.base import (
-    IMAGE_LABEL_COMMIT,
-    IMAGE_LABEL_DEPLOYMENT,
-    IMAGE_LABEL_PROJECT,
     LABEL_COLOR,
     LABEL_COMMIT,
     LABEL_DEPLOYMENT,
@@ -75,8 +72,12 @@ def container_name(project: str, color: str) -> str:
     return f"gatebot-{project}-{color}"
 
 
+def image_repository(project: str) -> str:
+    return f"gatebot/{project}"
+
+
 def image_tag(project: str, version: int, sha: str) -> str:
-    return f"gatebot/{project}:{version}-{sha[:12]}"
+    return f"{image_repository(project)}:{version}-{sha[:12]}"
 
 
 def pick_slot(project: ProjectSettings, active: Deployment | None) -> Slot:
@@ -99,11 +100,3 @@ def deployment_labels(
         labels[LABEL_COLOR] = slot.color
     return labels
 
-
-def image_labels(project: str, deployment_id: int, commit: str) -> dict[str, str]:
-    """Labels of a built image: distinct from the container labels that mark gatebot's slots."""
-    return {
-        IMAGE_LABEL_PROJECT: project,
-        IMAGE_LABEL_DEPLOYMENT: str(deployment_id),
-        IMAGE_LABEL_COMMIT: commit,
-    }

@@ -12,11 +12,6 @@ LABEL_PROJECT = "gatebot.project"
 LABEL_DEPLOYMENT = "gatebot.deployment"
 LABEL_COMMIT = "gatebot.commit"
 LABEL_COLOR = "gatebot.color"
-# Images carry labels of their own: containers inherit their image's labels, and a container
-# someone starts by hand from a gatebot image must not look like one of gatebot's slots.
-IMAGE_LABEL_PROJECT = "gatebot.image.project"
-IMAGE_LABEL_DEPLOYMENT = "gatebot.image.deployment"
-IMAGE_LABEL_COMMIT = "gatebot.image.commit"
 
 
 @dataclass(frozen=True)
@@ -24,7 +19,10 @@ class BuildSpec:
     context: Path
     dockerfile: str
     tag: str
-    labels: Mapping[str, str]
+    # Images get no labels from gatebot: the classic builder adds a step (a container created
+    # and committed) to apply them, and containers would inherit them. The database records
+    # which image each deployment built.
+    labels: Mapping[str, str] = field(default_factory=dict)
     build_args: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -68,8 +66,8 @@ class Runtime(Protocol):
 
     async def remove_image(self, tag: str) -> None: ...
 
-    async def project_images(self, project: str) -> list[str]:
-        """Tags of the images gatebot built for `project`."""
+    async def images(self, repository: str) -> list[str]:
+        """The tags in `repository` (e.g. ``gatebot/shop``), sorted."""
 
     async def run(self, spec: ContainerSpec) -> None:
         """Create and start a container; a gatebot-labelled leftover of that name is removed

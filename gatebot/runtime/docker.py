@@ -13,7 +13,6 @@ from docker.models.containers import Container
 
 from gatebot.errors import NameConflict, RuntimeFailure, RuntimeUnavailable
 from gatebot.runtime.base import (
-    IMAGE_LABEL_PROJECT,
     LABEL_MANAGED,
     LABEL_PROJECT,
     BuildSpec,
@@ -120,12 +119,11 @@ class DockerRuntime:
 
         await self._call(remove)
 
-    async def project_images(self, project: str) -> list[str]:
+    async def images(self, repository: str) -> list[str]:
         def tags() -> list[str]:
-            images = self._docker().images.list(
-                filters={"label": [f"{IMAGE_LABEL_PROJECT}={project}"]}
-            )
-            return sorted(tag for image in images for tag in image.tags)
+            images = self._docker().images.list(name=repository)
+            prefix = f"{repository}:"
+            return sorted(t for image in images for t in image.tags if t.startswith(prefix))
 
         return await self._call(tags)
 

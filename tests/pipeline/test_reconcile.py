@@ -5,7 +5,7 @@ from __future__ import annotations
 import docker
 
 from gatebot.pipeline.deploy import deploy
-from gatebot.pipeline.engine import Engine, image_labels, image_tag, pick_slot
+from gatebot.pipeline.engine import Engine, image_tag, pick_slot
 from gatebot.pipeline.reconcile import reconcile
 from gatebot.pipeline.status import Status
 from gatebot.runtime.base import BuildSpec
@@ -27,7 +27,7 @@ async def crash_after_run(engine: Engine, setup: Setup, version: str) -> int:
         dep.id, commit_sha=sha, commit_message="", image=image, slot=slot
     )
     await engine.runtime.build(
-        BuildSpec(checkout.path, "Dockerfile", image, image_labels(setup.name, dep.id, sha)),
+        BuildSpec(checkout.path, "Dockerfile", image),
         lambda _: None,
     )
     await engine.runtime.run(engine.container_spec(project, dep, image, slot))

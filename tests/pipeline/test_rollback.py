@@ -97,9 +97,16 @@ async def test_failed_rollback_keeps_the_current_release(
     assert len(container_names(docker_client, setup.name)) == 1
 
 
-async def test_images_beyond_keep_releases_are_pruned(engine: Engine, setup: Setup) -> None:
+async def test_images_beyond_keep_releases_are_pruned(
+    engine: Engine, setup: Setup, docker_client: docker.DockerClient
+) -> None:
     engine.settings = setup.settings(keep_releases=2)
+    await deploy_versions(engine, setup, 1)
+    first = (await engine.store.deployments.history(setup.name))[0]
+    assert first.image
+    by_hand = f"gatebot/{setup.name}:tagged-by-hand"  # in gatebot's repository, not built by it
+    docker_client.images.get(first.image).tag(by_hand)
     await deploy_versions(engine, setup, 4)
-    images = await engine.runtime.project_images(setup.name)
+    images = await engine.runtime.images(f"gatebot/{setup.name}")
     history = await engine.store.deployments.history(setup.name)
-    assert sorted(images) == sorted(d.image for d in history[:2] if d.image)
+    assert sorted(images) == sorted([by_hand, *(d.image for d in history[:2] if d.image)])

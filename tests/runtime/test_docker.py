@@ -18,9 +18,7 @@ import pytest
 
 from gatebot.devtools import free_port
 from gatebot.errors import NameConflict, RuntimeFailure, RuntimeUnavailable
-from gatebot.pipeline.engine import image_labels
 from gatebot.runtime.base import (
-    IMAGE_LABEL_PROJECT,
     LABEL_MANAGED,
     LABEL_PROJECT,
     BuildSpec,
@@ -46,8 +44,9 @@ def container_labels(project: str) -> dict[str, str]:
 
 
 def labels(project: str) -> dict[str, str]:
-    """The labels gatebot puts on the images it builds."""
-    return image_labels(project, 1, "0" * 40)
+    """Labels for the images these tests build, so their teardown finds them (gatebot itself
+    puts none on its images)."""
+    return {LABEL_PROJECT: project}
 
 
 def sample_context(root: Path, version: str) -> Path:
@@ -65,7 +64,6 @@ def remove_by_label(client: docker.DockerClient, project: str) -> None:
     ):
         container.remove(force=True)
     images = client.images.list(filters={"label": f"{LABEL_PROJECT}={project}"})
-    images += client.images.list(filters={"label": f"{IMAGE_LABEL_PROJECT}={project}"})
     for image in images:
         try:
             client.images.remove(image.id, force=True)
@@ -195,7 +193,7 @@ async def test_build_streams_output_and_returns_the_id(
     assert image_id.startswith("sha256:")
     image = docker_client.images.get(tag)
     assert image.id == image_id
-    assert image.labels[IMAGE_LABEL_PROJECT] == name
+    assert image.labels[LABEL_PROJECT] == name
     assert LABEL_MANAGED not in image.labels
     assert any(line.startswith("Step 1/") for line in lines), lines
     assert all(line.strip() and "\n" not in line for line in lines)
@@ -230,19 +228,23 @@ async def test_image_exists_remove_and_project_images(
                 labels=labels(name),
                 rm=True,
             )
-    borrowed = f"gatebot-test/{mine}:borrowed"  # a tag in mine's name on an image not mine
+    borrowed = f"gatebot-test/{mine}:borrowed"  # another image tagged in the same repository
     docker_client.images.get(sample.tag).tag(borrowed)
     try:
-        assert await runtime.project_images(mine) == [
+        assert await runtime.images(f"gatebot-test/{mine}") == [
             f"gatebot-test/{mine}:1-aaaa",
             f"gatebot-test/{mine}:2-bbbb",
+            borrowed,
         ]
-        assert await runtime.project_images(theirs) == [f"gatebot-test/{theirs}:1-cccc"]
+        assert await runtime.images(f"gatebot-test/{theirs}") == [f"gatebot-test/{theirs}:1-cccc"]
         assert await runtime.image_exists(f"gatebot-test/{mine}:1-aaaa")
         await runtime.remove_image(f"gatebot-test/{mine}:1-aaaa")
         assert not await runtime.image_exists(f"gatebot-test/{mine}:1-aaaa")
         assert await runtime.image_exists(f"gatebot-test/{mine}:2-bbbb")
-        assert await runtime.project_images(mine) == [f"gatebot-test/{mine}:2-bbbb"]
+        assert await runtime.images(f"gatebot-test/{mine}") == [
+            f"gatebot-test/{mine}:2-bbbb",
+            borrowed,
+        ]
         await runtime.remove_image(f"gatebot-test/{mine}:1-aaaa")  # already gone: fine
         assert not await runtime.image_exists(f"gatebot-test/{mine}:never-built")
     finally:
