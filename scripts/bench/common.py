@@ -1,0 +1,496 @@
+"""Shared by gatebot's benchmarks: a temporary workspace with its own nginx, the sample app's
+git repository, `gatebot serve` and the CLI as subprocesses, medians and percentiles, the
+printed table and the JSON file each benchmark writes. All traffic stays on 127.0.0.1."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import hmac
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gatebot import devtools
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE_APP = ROOT / "scripts" / "sample-app"
+BUSYBOX = Path("/bin/busybox")
+RESULTS = Path(os.environ.get("GATEBOT_BENCH_RESULTS") or ROOT / "scripts" / "bench" / "results")
+# The gatebot under test; another command (a wrapper for an experiment) may stand in for it.
+GATEBOT = os.environ.get("GATEBOT_BENCH_GATEBOT") or str(Path(sys.executable).parent / "gatebot")
+SECRET = "bench-webhook-secret-0123456789"
+FORGE_REPO = "acme/bench"
+LOOPBACK = "127.0.0.1"
+
+
+# --- command line ---------------------------------------------------------------------------
+
+
+def parse_args(doc: str | None, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("--rounds", type=int, help="repeated rounds (default per benchmark)")
+    parser.add_argument("--keep", action="store_true", help="keep the workspace for a look")
+    return parser.parse_args(argv)
+
+
+# --- statistics and output -------------------------------------------------------------------
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else math.nan
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100) by linear interpolation; nan for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else math.nan
+
+
+def fmt(value: object) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        size = abs(value)
+        return f"{value:,.0f}" if size >= 100 else f"{value:.1f}" if size >= 10 else f"{value:.3f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    cells = [[fmt(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
+    print(f"\n{title}")
+    print(
+        "  ".join(
+            h.ljust(w) if i == 0 else h.rjust(w)
+            for i, (h, w) in enumerate(zip(header, widths, strict=True))
+        )
+    )
+    print("  ".join("-" * w for w in widths))
+    for row in cells:
+        print(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+
+
+def machine() -> dict[str, Any]:
+    def version(argv: list[str]) -> str:
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return "missing"
+        return (
+            (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else ""
+        )
+
+    return {
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "nginx": version(["nginx", "-v"]),
+        "docker": version(["docker", "version", "--format", "{{.Server.Version}}"]),
+        "wrk": version(["wrk", "--version"]),
+        "webhook": version(["webhook", "-version"]),
+    }
+
+
+def write_result(name: str, data: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    document = {
+        "benchmark": name,
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+        "machine": machine(),
+        **data,
+    }
+    path.write_text(json.dumps(document, indent=2, default=str) + "\n")
+    print(f"\nwrote {path}")
+    return path
+
+
+# --- the workspace ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def workspace(name: str, *, keep: bool = False) -> Iterator[tuple[Path, contextlib.ExitStack]]:
+    """A temp folder and an exit stack whose callbacks run (newest first) when it closes."""
+    root = Path(tempfile.mkdtemp(prefix=f"gatebot-bench-{name}."))
+    with contextlib.ExitStack() as stack:
+        if keep:
+            print(f"workspace: {root} (kept)")
+        else:
+            stack.callback(shutil.rmtree, root, True)
+        yield root, stack
+
+
+def free_port() -> int:
+    """A free loopback port not handed out before in this run (nor a slot of a pair)."""
+    for _ in range(500):
+        port = devtools.free_port()
+        if port not in _used_ports:
+            _used_ports.add(port)
+            return port
+    raise RuntimeError("no free port on 127.0.0.1")
+
+
+def free_port_pair() -> int:
+    """A base port whose successor is free too (blue and green), clear of every other port."""
+    return devtools.free_port_pair(_used_ports)
+
+
+_used_ports: set[int] = set()
+
+
+@dataclass
+class Nginx:
+    """A real nginx with its own prefix; gatebot (or a benchmark) writes into `conf_dir`."""
+
+    prefix: Path
+    workers: int = 1
+    conf_dir: Path = field(init=False)
+    conf: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.conf_dir = self.prefix / "gatebot.d"
+        self.conf = self.prefix / "nginx.conf"
+        for sub in ("logs", "gatebot.d", "tmp"):
+            (self.prefix / sub).mkdir(parents=True, exist_ok=True)
+        self.conf.write_text(devtools.nginx_conf(self.prefix, workers=self.workers))
+
+    @property
+    def base_cmd(self) -> list[str]:
+        return ["nginx", "-p", str(self.prefix), "-c", str(self.conf)]
+
+    @property
+    def test_cmd(self) -> list[str]:
+        return [*self.base_cmd, "-t", "-q"]
+
+    @property
+    def reload_cmd(self) -> list[str]:
+        return [*self.base_cmd, "-s", "reload"]
+
+    def start(self, stack: contextlib.ExitStack) -> Nginx:
+        subprocess.run(self.base_cmd, check=True, capture_output=True)
+        stack.callback(self.stop)
+        return self
+
+    def reload(self) -> None:
+        subprocess.run(self.reload_cmd, check=True, capture_output=True)
+
+    def stop(self) -> None:
+        """Stop by the master's PID (`nginx -s` would need a valid configuration)."""
+        try:
+            pid = int((self.prefix / "nginx.pid").read_text().strip())
+        except (OSError, ValueError):
+            return
+        stop_pid(pid, signal.SIGQUIT, 10)
+
+
+def stop_pid(pid: int, sig: signal.Signals, seconds: float) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+class SampleRepo:
+    """The sample app in a bare repository (gatebot clones it over file://) and a work tree."""
+
+    def __init__(self, root: Path) -> None:
+        self.bare = root / "remote.git"
+        self.work = root / "work"
+        shutil.copytree(SAMPLE_APP, self.work)
+        shutil.copy2(BUSYBOX, self.work / "busybox")
+        self.git("init", "-q", "--bare", "-b", "main", str(self.bare), cwd=root)
+        self.git("init", "-q", "-b", "main")
+        self.git("remote", "add", "origin", str(self.bare))
+
+    @property
+    def url(self) -> str:
+        return f"file://{self.bare}"
+
+    def git(self, *args: str, cwd: Path | None = None) -> str:
+        result = subprocess.run(
+            ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.com", *args],
+            cwd=cwd or self.work,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return result.stdout.strip()
+
+    def commit(self, version: str) -> str:
+        """Commit the app answering `version` at /version, push it, return the SHA."""
+        (self.work / "www" / "version").write_text(version + "\n")
+        self.git("add", "-A")
+        self.git("commit", "-q", "--allow-empty", "-m", f"bench {version}")
+        self.git("push", "-q", "origin", "main")
+        return self.git("rev-parse", "HEAD")
+
+
+# --- gatebot's configuration, server and CLI -------------------------------------------------
+
+
+def project_config(name: str, repo_url: str, base_port: int, **overrides: Any) -> dict[str, Any]:
+    health = {"interval": 0.05, "timeout": 1.0, "retries": 200, "max_latency_ms": 1000}
+    health.update(overrides.pop("health", {}))
+    return {
+        "name": name,
+        "repo": repo_url,
+        "branch": "main",
+        "forge": "github",
+        "forge_repo": FORGE_REPO,
+        "base_port": base_port,
+        "network": "host",
+        "drain_seconds": 0.0,
+        "stop_timeout": 5,
+        "health": health,
+        **overrides,
+    }
+
+
+def write_config(
+    path: Path,
+    *,
+    data_dir: Path,
+    nginx: Nginx,
+    projects: list[dict[str, Any]],
+    listen_port: int | None = None,
+    queue: dict[str, Any] | None = None,
+) -> Path:
+    """A gatebot TOML file: server, github secret, nginx, queue and the projects."""
+    tables: dict[str, dict[str, Any]] = {
+        "server": {"data_dir": str(data_dir)},
+        "github": {"webhook_secret": SECRET},
+        "nginx": {
+            "conf_dir": str(nginx.conf_dir),
+            "test_cmd": nginx.test_cmd,
+            "reload_cmd": nginx.reload_cmd,
+        },
+        "queue": queue or {},
+    }
+    if listen_port is not None:
+        tables["server"]["listen"] = f"{LOOPBACK}:{listen_port}"
+    lines: list[str] = []
+    for table, values in tables.items():
+        lines.append(f"[{table}]")
+        lines += [f"{k} = {_toml(v)}" for k, v in values.items()]
+    for project in projects:
+        lines.append("[[projects]]")
+        nested = {k: v for k, v in project.items() if isinstance(v, dict)}
+        lines += [f"{k} = {_toml(v)}" for k, v in project.items() if k not in nested]
+        for key, table_values in nested.items():
+            lines.append(f"[projects.{key}]")
+            lines += [f"{k} = {_toml(v)}" for k, v in table_values.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    raise TypeError(value)
+
+
+def gatebot_cli(config: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [GATEBOT, "-c", str(config), *args], capture_output=True, text=True, timeout=timeout
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"gatebot {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
+    return result
+
+
+@dataclass
+class Server:
+    """`gatebot serve` as a real subprocess, its output in a log file."""
+
+    config: Path
+    port: int
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def start(self, stack: contextlib.ExitStack | None = None, timeout: float = 60) -> Server:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [GATEBOT, "-c", str(self.config), "serve"], stdout=out, stderr=subprocess.STDOUT
+            )
+        if stack is not None:
+            stack.callback(self.stop)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gatebot serve exited; its log:\n{self.log.read_text()}")
+            if http_get(self.url + "/healthz")[0] == 200:
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"gatebot serve did not answer within {timeout}s")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> int | None:
+        """SIGTERM, then wait (the server finishes running work); its exit code."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+def proc_status(pid: int, key: str) -> int:
+    """A kB figure from /proc/<pid>/status (VmRSS, VmHWM ...)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def import_profile(modules: Sequence[str], top: int = 8) -> tuple[float, list[tuple[str, float]]]:
+    """`python -X importtime` of `modules`: the total in ms, and the largest imports made
+    directly by gatebot's modules (cumulative ms), for where a CLI command's start-up goes."""
+    code = "import " + ", ".join(modules)
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True
+    )
+    entries: list[tuple[str, float, str]] = []  # (name, cumulative ms, imported by)
+    stack: list[str] = []
+    for line in reversed(result.stderr.splitlines()):  # -X importtime lists children first
+        if not line.startswith("import time:") or "|" not in line or "cumulative" in line:
+            continue
+        _, cumulative, name = line.split("|")
+        depth = (len(name) - len(name.lstrip())) // 2
+        name = name.strip()
+        del stack[depth:]
+        stack.append(name)
+        parent = stack[-2] if len(stack) > 1 else ""
+        entries.append((name, int(cumulative) / 1000, parent))
+    total = sum(ms for name, ms, parent in entries if not parent)
+    mine = [
+        (f"{name} (by {parent})", ms)
+        for name, ms, parent in entries
+        if parent.startswith("gatebot") and not name.startswith("gatebot")
+    ]
+    return total, sorted(mine, key=lambda e: -e[1])[:top]
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its reaped children (utime, stime, cutime, cstime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def http_get(url: str, timeout: float = 5) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback
+            return response.status, response.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode("utf-8", "replace")
+    except OSError:
+        return 0, ""
+
+
+def github_push(sha: str) -> tuple[bytes, str]:
+    """A push delivery's body for FORGE_REPO's main branch (GitHub's documented shape, from
+    tests/fixtures/github_push.json, 2.7 kB) and its X-Hub-Signature-256."""
+    payload: dict[str, Any] = json.loads(
+        (ROOT / "tests" / "fixtures" / "github_push.json").read_text()
+    )
+    owner, name = FORGE_REPO.split("/")
+    payload["repository"].update(full_name=FORGE_REPO, name=name)
+    payload["repository"]["owner"]["login"] = owner
+    payload.update(ref="refs/heads/main", after=sha)
+    payload["head_commit"]["id"] = sha
+    body = json.dumps(payload).encode()
+    return body, "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+
+
+# --- Docker -----------------------------------------------------------------------------------
+
+
+def docker_env() -> dict[str, str]:
+    return {**os.environ, "DOCKER_BUILDKIT": "0"}
+
+
+def remove_project(project: str) -> None:
+    """Remove a benchmark project's containers and images (gatebot's labels, or by name)."""
+    import docker
+
+    client = docker.DockerClient(base_url=os.environ.get("DOCKER_HOST") or None)
+    try:
+        for container in client.containers.list(
+            all=True, filters={"label": f"gatebot.project={project}"}
+        ) + client.containers.list(all=True, filters={"name": f"bench-{project}-"}):
+            with contextlib.suppress(docker.errors.APIError):
+                container.remove(force=True)
+        images = client.images.list(filters={"label": f"gatebot.image.project={project}"})
+        images += client.images.list(name=f"bench/{project}")
+        for image in images:
+            with contextlib.suppress(docker.errors.APIError):
+                client.images.remove(image.id, force=True)
+    finally:
+        client.close()
+
+
+def wait_http(url: str, *, interval: float, timeout: float) -> float:
+    """Poll GET `url` until a 2xx answer; the seconds it took."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        status, _ = http_get(url, timeout=1)
+        if 200 <= status < 300:
+            return time.monotonic() - started
+        time.sleep(interval)
+    raise RuntimeError(f"{url} did not answer 2xx within {timeout}s")
