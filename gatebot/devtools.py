@@ -9,15 +9,22 @@ free loopback ports, a self-contained nginx.conf, one GET, and removing a projec
                                    -> sends a signed GitHub push delivery (secret from
                                       GATEBOT_DEMO_SECRET), prints the answer
     python -m gatebot.devtools wait-for URL TEXT [SECONDS] -> waits until GET URL answers TEXT
+
+`SampleRepo` and `stop_pid` serve the tests and the benchmarks alike; they need a source
+checkout (the sample app lives in scripts/sample-app).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
 import os
+import shutil
+import signal
 import socket
+import subprocess
 import sys
 import time
 import urllib.error
@@ -25,6 +32,81 @@ import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
+
+SAMPLE_APP = Path(__file__).resolve().parent.parent / "scripts" / "sample-app"
+BUSYBOX = Path("/bin/busybox")
+
+
+class SampleRepo:
+    """The sample app (scripts/sample-app, with a static busybox beside it) in a bare
+    repository that gatebot clones over file://, and a work tree that commits and pushes."""
+
+    def __init__(self, root: Path, *, who: str = "gatebot-dev") -> None:
+        self.bare = root / "remote.git"
+        self.work = root / "work"
+        self.who = who
+        shutil.copytree(SAMPLE_APP, self.work)
+        shutil.copy2(BUSYBOX, self.work / "busybox")
+        self.git("init", "-q", "--bare", "-b", "main", str(self.bare), cwd=root)
+        self.git("init", "-q", "-b", "main")
+        self.git("remote", "add", "origin", str(self.bare))
+
+    @property
+    def url(self) -> str:
+        return f"file://{self.bare}"
+
+    def git(self, *args: str, cwd: Path | None = None) -> str:
+        identity = ["-c", f"user.name={self.who}", "-c", f"user.email={self.who}@example.com"]
+        result = subprocess.run(  # noqa: S603 - an argument list, no shell
+            ["git", *identity, *args],  # noqa: S607
+            cwd=cwd or self.work,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return result.stdout.strip()
+
+    def commit(
+        self,
+        version: str,
+        *,
+        healthy: bool = True,
+        start_script: str | None = None,
+        push: bool = True,
+    ) -> str:
+        """Commit the app answering `version` at /version (and /health unless not `healthy`,
+        started by `start_script` if given); push it; return the SHA."""
+        www = self.work / "www"
+        (www / "version").write_text(version + "\n")
+        health = www / "health"
+        if healthy:
+            health.write_text("ok\n")
+        elif health.exists():
+            health.unlink()
+        if start_script is not None:
+            (self.work / "start.sh").write_text(start_script)
+        else:
+            shutil.copy2(SAMPLE_APP / "start.sh", self.work / "start.sh")
+        self.git("add", "-A")
+        self.git("commit", "-q", "--allow-empty", "-m", f"sample app {version}")
+        if push:
+            self.git("push", "-q", "origin", "main")
+        return self.git("rev-parse", "HEAD")
+
+
+def stop_pid(pid: int, sig: signal.Signals = signal.SIGTERM, seconds: float = 10.0) -> None:
+    """Send `sig`, wait up to `seconds` for the process to go, then SIGKILL it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
 
 
 def free_port() -> int:

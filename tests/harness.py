@@ -3,12 +3,8 @@ free loopback ports, and settings that tie them together. Written once, used by 
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
 import signal
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,8 +13,8 @@ from gatebot import devtools
 from gatebot.settings import Settings, parse_settings
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLE_APP = ROOT / "scripts" / "sample-app"
-BUSYBOX = Path("/bin/busybox")
+SAMPLE_APP = devtools.SAMPLE_APP
+BUSYBOX = devtools.BUSYBOX
 
 
 _used: set[int] = set()
@@ -62,74 +58,14 @@ class Nginx:
 
     def stop(self) -> None:
         """Stop by the master's PID (a signal through `nginx -s` would need a valid config)."""
-        pid_file = self.prefix / "nginx.pid"
         try:
-            pid = int(pid_file.read_text().strip())
+            pid = int((self.prefix / "nginx.pid").read_text().strip())
         except (OSError, ValueError):
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGQUIT)
-        for _ in range(50):
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.1)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+        devtools.stop_pid(pid, signal.SIGQUIT, 5.0)
 
 
-class SampleRepo:
-    """A bare repository (the "remote" gatebot clones over file://) and a working copy."""
-
-    def __init__(self, root: Path) -> None:
-        self.bare = root / "remote.git"
-        self.work = root / "work"
-        shutil.copytree(SAMPLE_APP, self.work)
-        shutil.copy2(BUSYBOX, self.work / "busybox")
-        self._git("init", "-q", "--bare", "-b", "main", str(self.bare), cwd=root)
-        self._git("init", "-q", "-b", "main")
-        self._git("remote", "add", "origin", str(self.bare))
-
-    @property
-    def url(self) -> str:
-        return f"file://{self.bare}"
-
-    def _git(self, *args: str, cwd: Path | None = None) -> str:
-        result = subprocess.run(
-            ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com", *args],
-            cwd=cwd or self.work,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        return result.stdout.strip()
-
-    def commit(
-        self,
-        version: str,
-        *,
-        healthy: bool = True,
-        start_script: str | None = None,
-        push: bool = True,
-    ) -> str:
-        """Commit the sample app serving `version` at /version; return the SHA."""
-        www = self.work / "www"
-        (www / "version").write_text(version + "\n")
-        health = www / "health"
-        if healthy:
-            health.write_text("ok\n")
-        elif health.exists():
-            health.unlink()
-        if start_script is not None:
-            (self.work / "start.sh").write_text(start_script)
-        else:
-            shutil.copy2(SAMPLE_APP / "start.sh", self.work / "start.sh")
-        self._git("add", "-A")
-        self._git("commit", "-q", "--allow-empty", "-m", f"sample app {version}")
-        if push:
-            self._git("push", "-q", "origin", "main")
-        return self._git("rev-parse", "HEAD")
+SampleRepo = devtools.SampleRepo
 
 
 def project_config(

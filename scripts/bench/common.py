@@ -30,8 +30,8 @@ from typing import Any
 from gatebot import devtools
 
 ROOT = Path(__file__).resolve().parents[2]
-SAMPLE_APP = ROOT / "scripts" / "sample-app"
-BUSYBOX = Path("/bin/busybox")
+SAMPLE_APP = devtools.SAMPLE_APP
+BUSYBOX = devtools.BUSYBOX
 RESULTS = Path(os.environ.get("GATEBOT_BENCH_RESULTS") or ROOT / "scripts" / "bench" / "results")
 # The gatebot under test; another command (a wrapper for an experiment) may stand in for it.
 GATEBOT = os.environ.get("GATEBOT_BENCH_GATEBOT") or str(Path(sys.executable).parent / "gatebot")
@@ -217,53 +217,10 @@ class Nginx:
         stop_pid(pid, signal.SIGQUIT, 10)
 
 
-def stop_pid(pid: int, sig: signal.Signals, seconds: float) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+stop_pid = devtools.stop_pid
 
 
-class SampleRepo:
-    """The sample app in a bare repository (gatebot clones it over file://) and a work tree."""
-
-    def __init__(self, root: Path) -> None:
-        self.bare = root / "remote.git"
-        self.work = root / "work"
-        shutil.copytree(SAMPLE_APP, self.work)
-        shutil.copy2(BUSYBOX, self.work / "busybox")
-        self.git("init", "-q", "--bare", "-b", "main", str(self.bare), cwd=root)
-        self.git("init", "-q", "-b", "main")
-        self.git("remote", "add", "origin", str(self.bare))
-
-    @property
-    def url(self) -> str:
-        return f"file://{self.bare}"
-
-    def git(self, *args: str, cwd: Path | None = None) -> str:
-        result = subprocess.run(
-            ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.com", *args],
-            cwd=cwd or self.work,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        return result.stdout.strip()
-
-    def commit(self, version: str) -> str:
-        """Commit the app answering `version` at /version, push it, return the SHA."""
-        (self.work / "www" / "version").write_text(version + "\n")
-        self.git("add", "-A")
-        self.git("commit", "-q", "--allow-empty", "-m", f"bench {version}")
-        self.git("push", "-q", "origin", "main")
-        return self.git("rev-parse", "HEAD")
+SampleRepo = devtools.SampleRepo
 
 
 # --- gatebot's configuration, server and CLI -------------------------------------------------
