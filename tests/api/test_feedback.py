@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 
 from gatebot.api.keys import ENGINE, FEEDBACK, QUEUE
 from gatebot.settings import Settings, parse_settings
-from tests.api.conftest import ClientFactory, server_settings
+from tests.api.conftest import ClientFactory, _drop_none, server_settings
 from tests.api.test_webhooks import post_github
 from tests.conftest import Setup
 from tests.deliveries import (
@@ -57,17 +57,6 @@ def with_forges(
         raw.setdefault(section, {}).update(values)
     _drop_none(raw)
     return parse_settings(raw, source=settings.source or Path("/tmp/gatebot.toml"))
-
-
-def _drop_none(value: Any) -> None:
-    if isinstance(value, dict):
-        for key in [k for k, v in value.items() if v is None]:
-            del value[key]
-        for v in value.values():
-            _drop_none(v)
-    elif isinstance(value, list):
-        for v in value:
-            _drop_none(v)
 
 
 async def settle(client: Client) -> None:
