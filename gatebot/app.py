@@ -19,10 +19,10 @@ from aiohttp import web
 
 from gatebot.api import pages, probes, v1, webhooks
 from gatebot.api.errors import error_middleware
-from gatebot.api.keys import ENGINE, FEEDBACK, QUEUE, SETTINGS
-from gatebot.api.problems import problem_middleware
+from gatebot.api.keys import ENGINE, FEEDBACK, QUEUE, SECRETS, SETTINGS
 from gatebot.errors import GatebotError, RuntimeUnavailable
 from gatebot.feedback import ForgeFeedback, comment_runner
+from gatebot.logs import secrets_of
 from gatebot.metrics import METRICS, Metrics, MetricsObserver, counted, webhook_metrics
 from gatebot.metrics import routes as metrics_routes
 from gatebot.pipeline.engine import Engine
@@ -41,10 +41,11 @@ STARTUP_RETRY_SECONDS = 5.0
 def create_app(settings: Settings, *, observers: ObserverFactory | None = None) -> web.Application:
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
-        middlewares=[webhook_metrics, error_middleware, problem_middleware],
+        middlewares=[webhook_metrics, error_middleware],
     )
     metrics = Metrics()
     app[SETTINGS] = settings
+    app[SECRETS] = secrets_of(settings)  # worked out once, not per request
     app[METRICS] = metrics
     app.add_routes(probes.routes)
     app.add_routes(webhooks.routes)

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from gatebot.errors import ConfigError, GatebotError, LockHeld, StageFailed, UnknownProject
+from gatebot.errors import ConfigError, GatebotError, LockHeld, UnknownProject
 from gatebot.logs import configure_logging, secrets_of
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.journal import JournalEvent
@@ -95,10 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LockHeld as exc:
         print(f"gatebot: {exc}", file=sys.stderr)
         return EXIT_BUSY
-    except StageFailed as exc:
-        print(f"gatebot: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except GatebotError as exc:
+    except GatebotError as exc:  # StageFailed among them
         print(f"gatebot: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
@@ -136,7 +133,7 @@ def check_config(settings: Settings, out: TextIO) -> int:
     for p in settings.projects:
         site = f", site {p.site.server_name} on {p.site.listen}" if p.site else ""
         print(
-            f"  {p.name}: {p.repo} @ {p.branch}; blue :{p.base_port}, green :{p.base_port + 1}"
+            f"  {p.name}: {p.repo} @ {p.branch}; blue :{p.ports[0]}, green :{p.ports[1]}"
             f" -> {p.container_port} ({p.network}); health {p.health.path}{site}",
             file=out,
         )

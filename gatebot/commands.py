@@ -62,9 +62,7 @@ def parse_comment(body: str) -> RollbackCommand | CommandError | None:
     return RollbackCommand(project=project, to=to)
 
 
-def choose_project(
-    command: RollbackCommand, candidates: list[str]
-) -> str | CommandError:
+def choose_project(command: RollbackCommand, candidates: list[str]) -> str | CommandError:
     """The project a command is for, among those that track the commented repository."""
     if command.project is not None:
         if command.project in candidates:

@@ -30,6 +30,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,80 @@ class SampleRepo:
         if push:
             self.git("push", "-q", "origin", "main")
         return self.git("rev-parse", "HEAD")
+
+
+@dataclass
+class Nginx:
+    """A real nginx with its own prefix (config, pid, logs, temp files), including PREFIX/gatebot.d
+    as gatebot's conf_dir; for the tests and the benchmarks."""
+
+    prefix: Path
+    workers: int = 1
+    conf_dir: Path = field(init=False)
+    conf: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.conf_dir = self.prefix / "gatebot.d"
+        self.conf = self.prefix / "nginx.conf"
+        for sub in ("logs", "gatebot.d", "tmp"):
+            (self.prefix / sub).mkdir(parents=True, exist_ok=True)
+        self.conf.write_text(nginx_conf(self.prefix, workers=self.workers))
+
+    @property
+    def base_cmd(self) -> list[str]:
+        return ["nginx", "-p", str(self.prefix), "-c", str(self.conf)]
+
+    @property
+    def test_cmd(self) -> list[str]:
+        return [*self.base_cmd, "-t", "-q"]
+
+    @property
+    def reload_cmd(self) -> list[str]:
+        return [*self.base_cmd, "-s", "reload"]
+
+    def start(self) -> Nginx:
+        subprocess.run(self.base_cmd, check=True, capture_output=True)  # noqa: S603
+        return self
+
+    def reload(self) -> None:
+        subprocess.run(self.reload_cmd, check=True, capture_output=True)  # noqa: S603
+
+    def stop(self) -> None:
+        """Stop by the master's PID (a signal through `nginx -s` would need a valid config)."""
+        try:
+            pid = int((self.prefix / "nginx.pid").read_text().strip())
+        except (OSError, ValueError):
+            return
+        stop_pid(pid, signal.SIGQUIT, 10.0)
+
+
+def config_toml(tables: dict[str, dict[str, Any]], projects: list[dict[str, Any]]) -> str:
+    """A gatebot configuration file: top-level tables, then one [[projects]] table each (a
+    nested dict becomes a [projects.KEY] table). Values: bool, int, float, str, list."""
+    lines: list[str] = []
+    for table, values in tables.items():
+        lines.append(f"[{table}]")
+        lines += [f"{k} = {_toml(v)}" for k, v in values.items()]
+    for project in projects:
+        lines.append("[[projects]]")
+        nested = {k: v for k, v in project.items() if isinstance(v, dict)}
+        lines += [f"{k} = {_toml(v)}" for k, v in project.items() if k not in nested]
+        for key, values in nested.items():
+            lines.append(f"[projects.{key}]")
+            lines += [f"{k} = {_toml(v)}" for k, v in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
 
 
 def stop_pid(pid: int, sig: signal.Signals = signal.SIGTERM, seconds: float = 10.0) -> None:

@@ -27,7 +27,13 @@ from gatebot.commands import (
     choose_project,
     parse_comment,
 )
-from gatebot.errors import GatebotError, LockHeld, NothingToRollBack, StageFailed
+from gatebot.errors import (
+    GatebotError,
+    LockHeld,
+    NothingToRollBack,
+    StageFailed,
+    UnknownProject,
+)
 from gatebot.events import CommentCommand
 from gatebot.forges.base import (
     CommitRef,
@@ -122,8 +128,11 @@ class ForgeFeedback:
         description: str,
         deployment_id: int | None = None,
     ) -> None:
-        project = next((p for p in self.settings.projects if p.name == job.project), None)
-        if project is None or sha is None:
+        if sha is None:
+            return
+        try:
+            project = self.settings.project(job.project)
+        except UnknownProject:
             return
         client = self.client_for(project)
         if client is None:

@@ -28,12 +28,11 @@ from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.health import listen_to_probes
 from gatebot.pipeline.journal import JournalEvent
 from gatebot.store.deployments import Deployment
-from gatebot.store.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, SUPERSEDED, Job
+from gatebot.store.jobs import JOB_STATES, QUEUED, SUPERSEDED, Job
 
 log = logging.getLogger("gatebot.metrics")
 T = TypeVar("T")
 
-JOB_STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, SUPERSEDED, CANCELLED)
 FORGES = ("github", "gitlab")
 DURATION_BUCKETS = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800)
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)

@@ -233,7 +233,10 @@ class JobQueue:
             except Exception as exc:
                 log.exception("job %s failed unexpectedly", job.id, extra=extra)
                 state, error = FAILED, f"internal error: {type(exc).__name__}"
-            deployment_id = deployment.id if deployment is not None else _first(deployment_ids)
+            if deployment is not None:
+                deployment_id: int | None = deployment.id
+            else:
+                deployment_id = deployment_ids[0] if deployment_ids else None
 
             async def finish(job_id: int) -> Job:
                 return await self.engine.store.jobs.finish(
@@ -261,9 +264,7 @@ class JobQueue:
                 self._idle.set()
             self.wake()
 
-    async def _record(
-        self, job: Job, what: str, write: Callable[[int], Awaitable[T]]
-    ) -> T | None:
+    async def _record(self, job: Job, what: str, write: Callable[[int], Awaitable[T]]) -> T | None:
         """`write(job.id)`, tried again after each of RECORD_RETRY_SECONDS while it fails (a
         locked database); None when it never succeeds: the row stays `running`, and the next
         start marks the job interrupted."""
@@ -303,7 +304,3 @@ class JobQueue:
                 await getattr(observer, method)(*args)
             except Exception:
                 log.exception("observer %s.%s failed", type(observer).__name__, method)
-
-
-def _first(ids: list[int]) -> int | None:
-    return ids[0] if ids else None

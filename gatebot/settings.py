@@ -127,6 +127,7 @@ class GitLabSettings(_Model):
             except ConfigError as exc:
                 raise ValueError(str(exc)) from None
         return value
+
     request_timeout: float = Field(10.0, gt=0)
     retry_for_seconds: float = Field(120.0, ge=0)
 

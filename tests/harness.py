@@ -3,9 +3,6 @@ free loopback ports, and settings that tie them together. Written once, used by 
 
 from __future__ import annotations
 
-import signal
-import subprocess
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,46 +22,7 @@ def free_port_pair() -> int:
     return devtools.free_port_pair(_used)
 
 
-@dataclass
-class Nginx:
-    """A real nginx with its own prefix, including gatebot's conf_dir."""
-
-    prefix: Path
-    conf_dir: Path = field(init=False)
-    conf: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.conf_dir = self.prefix / "gatebot.d"
-        self.conf = self.prefix / "nginx.conf"
-        (self.prefix / "logs").mkdir(parents=True, exist_ok=True)
-        self.conf_dir.mkdir(parents=True, exist_ok=True)
-        (self.prefix / "tmp").mkdir(exist_ok=True)
-        self.conf.write_text(devtools.nginx_conf(self.prefix))
-
-    @property
-    def base_cmd(self) -> list[str]:
-        return ["nginx", "-p", str(self.prefix), "-c", str(self.conf)]
-
-    @property
-    def test_cmd(self) -> list[str]:
-        return [*self.base_cmd, "-t", "-q"]
-
-    @property
-    def reload_cmd(self) -> list[str]:
-        return [*self.base_cmd, "-s", "reload"]
-
-    def start(self) -> None:
-        subprocess.run(self.base_cmd, check=True, capture_output=True)
-
-    def stop(self) -> None:
-        """Stop by the master's PID (a signal through `nginx -s` would need a valid config)."""
-        try:
-            pid = int((self.prefix / "nginx.pid").read_text().strip())
-        except (OSError, ValueError):
-            return
-        devtools.stop_pid(pid, signal.SIGQUIT, 5.0)
-
-
+Nginx = devtools.Nginx
 SampleRepo = devtools.SampleRepo
 
 
@@ -102,34 +60,13 @@ def make_settings(data_dir: Path, nginx: Nginx, projects: list[dict[str, Any]]) 
 
 def write_config(path: Path, data_dir: Path, nginx: Nginx, projects: list[dict[str, Any]]) -> Path:
     """The same settings as a TOML file, for tests that run the CLI."""
-    lines = [
-        "[server]",
-        f'data_dir = "{data_dir}"',
-        "[nginx]",
-        f'conf_dir = "{nginx.conf_dir}"',
-        f"test_cmd = {_toml(nginx.test_cmd)}",
-        f"reload_cmd = {_toml(nginx.reload_cmd)}",
-    ]
-    for project in projects:
-        lines.append("[[projects]]")
-        nested = {k: v for k, v in project.items() if isinstance(v, dict)}
-        for key, value in project.items():
-            if key not in nested:
-                lines.append(f"{key} = {_toml(value)}")
-        for key, table in nested.items():
-            lines.append(f"[projects.{key}]")
-            lines += [f"{k} = {_toml(v)}" for k, v in table.items()]
-    path.write_text("\n".join(lines) + "\n")
+    tables = {
+        "server": {"data_dir": str(data_dir)},
+        "nginx": {
+            "conf_dir": str(nginx.conf_dir),
+            "test_cmd": nginx.test_cmd,
+            "reload_cmd": nginx.reload_cmd,
+        },
+    }
+    path.write_text(devtools.config_toml(tables, projects))
     return path
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    raise TypeError(value)

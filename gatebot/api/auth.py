@@ -14,9 +14,8 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from gatebot.api.errors import Handler
+from gatebot.api.errors import ApiError, Handler
 from gatebot.api.keys import ENGINE
-from gatebot.api.problems import ApiError
 from gatebot.store.tokens import Scope, Token, allows
 
 TOKEN = web.RequestKey("token", Token)

@@ -41,11 +41,31 @@ def delivery_of(request: web.Request) -> str | None:
     return None
 
 
+class ApiError(Exception):
+    """Raised by a handler to answer with the shared shape and a chosen status:
+    ``ApiError(409, "...", job=3)`` becomes
+    ``{"error": "conflict", "message": "...", "job": 3}`` with status 409."""
+
+    def __init__(
+        self, status: int, message: str, *, headers: dict[str, str] | None = None, **extra: object
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+        self.extra = extra
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every failure into the shared error shape; never a stack trace, never a secret."""
     try:
         return await handler(request)
+    except ApiError as problem:
+        log.info("%s %s: %d %s", request.method, request.path, problem.status, problem.message)
+        response = error_response(problem.status, problem.message, **problem.extra)
+        response.headers.update(problem.headers)
+        return response
     except WebhookRejected as rejected:
         log.warning(
             "%s %s rejected (%d): %s",

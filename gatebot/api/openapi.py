@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from gatebot import __version__
+from gatebot.store.jobs import JOB_STATES
 
 PROJECT_NAME = r"^[a-z0-9][a-z0-9-]{0,39}$"
 MAX_ID = 2**63 - 1
-JOB_STATES = ["queued", "running", "succeeded", "failed", "superseded", "cancelled"]
 STATUSES = ["PENDING", "DEPLOYING", "ACTIVE", "ROLLED_BACK", "FAILED"]
 
 
@@ -116,7 +116,7 @@ SCHEMAS: dict[str, Any] = {
             "id": ID,
             "project": STRING,
             "kind": {"type": "string", "enum": ["deploy", "rollback"]},
-            "state": {"type": "string", "enum": JOB_STATES},
+            "state": {"type": "string", "enum": list(JOB_STATES)},
             "sha": nullable(STRING),
             "target": nullable({**STRING, "description": "rollback: the version brought back"}),
             "trigger": {
@@ -368,7 +368,7 @@ def _paths() -> dict[str, Any]:
                     {
                         "name": "state",
                         "in": "query",
-                        "schema": {"type": "string", "enum": JOB_STATES},
+                        "schema": {"type": "string", "enum": list(JOB_STATES)},
                     },
                     {"name": "project", "in": "query", "schema": STRING},
                 ],

@@ -18,14 +18,14 @@ from aiohttp import web
 
 from gatebot.api import sse
 from gatebot.api.auth import COOKIE, authenticate, check_token
-from gatebot.api.keys import ENGINE, SETTINGS
-from gatebot.api.problems import ApiError
-from gatebot.logs import redact, secrets_of
+from gatebot.api.errors import ApiError
+from gatebot.api.keys import ENGINE, SECRETS, SETTINGS
+from gatebot.api.openapi import MAX_ID
+from gatebot.logs import redact
 from gatebot.pipeline.engine import Engine
 from gatebot.store.deployments import Deployment, Step
 
 routes = web.RouteTableDef()
-MAX_ID = 2**63 - 1
 MAX_LOG_BYTES = 2 * 1024 * 1024  # a longer log shows its end; the API has all of it
 
 STYLE = """
@@ -250,7 +250,7 @@ async def deployment_page(request: web.Request) -> web.Response:
         live=live,
         resume=resume,
         nonce=nonce,
-        secrets=secrets_of(request.app[SETTINGS]),
+        secrets=request.app[SECRETS],
     )
     return _html(page, nonce)
 
@@ -286,5 +286,5 @@ async def deployment_events(request: web.Request) -> web.StreamResponse:
     if d is None:
         raise ApiError(404, f"deployment {_deployment_id(request)} does not exist")
     return await sse.follow(
-        request, engine, d.id, secrets_of(request.app[SETTINGS]), resume=request.query.get("after")
+        request, engine, d.id, request.app[SECRETS], resume=request.query.get("after")
     )

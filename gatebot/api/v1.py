@@ -20,27 +20,24 @@ from aiohttp import web
 
 from gatebot.api import sse
 from gatebot.api.auth import actor, requires
-from gatebot.api.keys import ENGINE, QUEUE, SETTINGS
-from gatebot.api.openapi import SPEC
-from gatebot.api.problems import ApiError
+from gatebot.api.errors import ApiError
+from gatebot.api.keys import ENGINE, QUEUE, SECRETS, SETTINGS
+from gatebot.api.openapi import MAX_ID, SPEC
 from gatebot.api.views import busy_view, deployment_view, job_view, project_view, step_view
-from gatebot.errors import NothingToRollBack, RuntimeUnavailable
-from gatebot.logs import secrets_of
+from gatebot.errors import NothingToRollBack, RuntimeUnavailable, UnknownProject
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.rollback import choose_target
 from gatebot.pipeline.status import Status
 from gatebot.settings import ProjectSettings
 from gatebot.store.deployments import Deployment
-from gatebot.store.jobs import CANCELLED, QUEUED, RUNNING, Job, NewJob
+from gatebot.store.jobs import CANCELLED, JOB_STATES, QUEUED, RUNNING, Job, NewJob
 
 log = logging.getLogger("gatebot.api.v1")
 routes = web.RouteTableDef()
 
 MAX_BODY = 64 * 1024
 DEFAULT_LIMIT, MAX_LIMIT = 20, 100
-MAX_ID = 2**63 - 1
 SHA = re.compile(r"^[0-9a-fA-F]{7,64}$")
-JOB_STATES = ("queued", "running", "succeeded", "failed", "superseded", "cancelled")
 
 
 # --- reading requests -----------------------------------------------------------------------
@@ -114,10 +111,12 @@ def path_id(request: web.Request, what: str) -> int:
 
 
 def known_project(request: web.Request, name: str) -> ProjectSettings:
-    for project in request.app[SETTINGS].projects:
-        if project.name == name:
-            return project
-    raise ApiError(404, f"unknown project {name[:80]!r}: it is not in gatebot's configuration")
+    try:
+        return request.app[SETTINGS].project(name)
+    except UnknownProject:
+        raise ApiError(
+            404, f"unknown project {name[:80]!r}: it is not in gatebot's configuration"
+        ) from None
 
 
 def next_link(path: str, limit: int, offset: int, more: bool, **query: str) -> str | None:
@@ -164,15 +163,12 @@ async def project_summary(engine: Engine, project: ProjectSettings) -> dict[str,
     store = engine.store
     active = await store.deployments.active(project.name)
     job, holder = await busy_with(engine, project.name)
-    in_flight = [
-        d
-        for status in (Status.PENDING, Status.DEPLOYING)
-        for d in await store.deployments.with_status(status)
-        if d.project == project.name
-    ]
-    queued = await store.jobs.recent(project=project.name, state=QUEUED, limit=1000)
+    in_flight = await store.deployments.with_status(
+        Status.PENDING, Status.DEPLOYING, project=project.name
+    )
+    queued = (await store.jobs.counts(project.name)).get(QUEUED, 0)
     busy = busy_view(job, holder, in_flight[-1] if in_flight else None)
-    return project_view(project, active, busy, len(queued))
+    return project_view(project, active, busy, queued)
 
 
 async def find_deployment(engine: Engine, deployment_id: int) -> Deployment:
@@ -190,7 +186,7 @@ async def find_job(engine: Engine, job_id: int) -> Job:
 
 
 def secrets(request: web.Request) -> list[str]:
-    return secrets_of(request.app[SETTINGS])
+    return request.app[SECRETS]
 
 
 # --- changing things ------------------------------------------------------------------------

@@ -90,8 +90,8 @@ async def _deploy(
                 f"healthy after {result.attempts} attempt(s), {result.latency_ms:.0f} ms"
             )
         async with journal.stage("switch") as stage:
-            target = await deployments.require(deployment.id)
-            switched = await engine.proxy.apply(project.name, engine.nginx_conf(project, target))
+            conf = engine.nginx_conf(project, deployment)  # as mark_deploying returned it
+            switched = await engine.proxy.apply(project.name, conf)
             stage.message = f"nginx now sends {project.name} to port {slot.port}"
         async with journal.stage("record") as stage:
             deployment = await deployments.activate(

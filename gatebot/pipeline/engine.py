@@ -83,7 +83,8 @@ def image_tag(project: str, version: int, sha: str) -> str:
 def pick_slot(project: ProjectSettings, active: Deployment | None) -> Slot:
     """The idle slot: the opposite color of the live one; blue when nothing is live."""
     color = "green" if active is not None and active.color == "blue" else "blue"
-    port = project.base_port + (1 if color == "green" else 0)
+    blue, green = project.ports
+    port = green if color == "green" else blue
     return Slot(container=container_name(project.name, color), color=color, port=port)
 
 
@@ -99,4 +100,3 @@ def deployment_labels(
     if slot is not None:
         labels[LABEL_COLOR] = slot.color
     return labels
-

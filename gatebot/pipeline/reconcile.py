@@ -67,11 +67,11 @@ async def reconcile_project(
     engine: Engine, project: ProjectSettings, report: ReconcileReport
 ) -> None:
     deployments = engine.store.deployments
-    for status in (Status.PENDING, Status.DEPLOYING):
-        for stuck in await deployments.with_status(status):
-            if stuck.project == project.name:
-                await _fail_interrupted(engine, stuck)
-                report.interrupted.append(stuck.id)
+    for stuck in await deployments.with_status(
+        Status.PENDING, Status.DEPLOYING, project=project.name
+    ):
+        await _fail_interrupted(engine, stuck)
+        report.interrupted.append(stuck.id)
 
     active = await deployments.active(project.name)
     if active is not None:

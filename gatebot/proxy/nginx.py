@@ -108,8 +108,7 @@ class NginxProxy:
                     except BlockingIOError:
                         if loop.time() > deadline:
                             raise ProxyError(
-                                f"another gatebot process kept {self.conf_dir} locked "
-                                f"for {wait:g}s"
+                                f"another gatebot process kept {self.conf_dir} locked for {wait:g}s"
                             ) from None
                         await asyncio.sleep(0.05)
                 yield

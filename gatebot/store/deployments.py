@@ -91,10 +91,15 @@ class Deployments:
         )
         return Deployment.from_row(row) if row else None
 
-    async def with_status(self, status: Status) -> list[Deployment]:
-        rows = await self.db.fetchall(
-            "SELECT * FROM deployments WHERE status = ? ORDER BY id", (str(status),)
-        )
+    async def with_status(self, *statuses: Status, project: str | None = None) -> list[Deployment]:
+        """Deployments in any of `statuses` (of one project, if given), oldest first."""
+        marks = ", ".join("?" * len(statuses))
+        sql = f"SELECT * FROM deployments WHERE status IN ({marks})"  # noqa: S608 - marks only
+        params: list[str] = [str(s) for s in statuses]
+        if project is not None:
+            sql += " AND project = ?"
+            params.append(project)
+        rows = await self.db.fetchall(sql + " ORDER BY id", params)
         return [Deployment.from_row(r) for r in rows]
 
     async def history(self, project: str, *, limit: int = 50, offset: int = 0) -> list[Deployment]:
@@ -210,14 +215,11 @@ class Deployments:
         duration: float | None = None,
     ) -> Step:
         async with self.db.transaction() as conn:
-            cursor = await conn.execute(
+            [row] = await conn.execute_fetchall(
                 "INSERT INTO deployment_steps (deployment_id, at, stage, message, output, duration)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
                 (deployment_id, utcnow(), stage, message, output, duration),
             )
-            step_id = cursor.lastrowid
-        row = await self.db.fetchone("SELECT * FROM deployment_steps WHERE id = ?", (step_id,))
-        assert row is not None
         return Step.from_row(row)
 
 

@@ -29,7 +29,7 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, SUPERSEDED, CANCELLED = (
     "superseded",
     "cancelled",
 )
-FINISHED = frozenset({SUCCEEDED, FAILED, SUPERSEDED, CANCELLED})
+JOB_STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, SUPERSEDED, CANCELLED)
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class Job:
     finished_at: str | None
 
     @classmethod
-    def from_row(cls, row: aiosqlite.Row | sqlite3.Row) -> Job:
+    def from_row(cls, row: aiosqlite.Row | sqlite3.Row | dict[str, Any]) -> Job:
         data = dict(row)
         data["context"] = json.loads(data["context"] or "{}")
         return cls(**data)
@@ -195,8 +195,14 @@ class Jobs:
         rows = await self.db.fetchall("SELECT * FROM jobs WHERE state = 'queued' ORDER BY id")
         return [Job.from_row(r) for r in rows]
 
-    async def counts(self) -> dict[str, int]:
-        rows = await self.db.fetchall("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+    async def counts(self, project: str | None = None) -> dict[str, int]:
+        """Jobs per state (of one project, if given)."""
+        if project is None:
+            rows = await self.db.fetchall("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+        else:
+            rows = await self.db.fetchall(
+                "SELECT state, COUNT(*) FROM jobs WHERE project = ? GROUP BY state", (project,)
+            )
         return {str(r[0]): int(r[1]) for r in rows}
 
     async def enqueue(
@@ -256,12 +262,6 @@ class Jobs:
                     p.future.set_exception(outcome)
                 else:
                     p.future.set_result(outcome)
-
-    async def superseded_by(self, job_id: int) -> list[Job]:
-        rows = await self.db.fetchall(
-            "SELECT * FROM jobs WHERE superseded_by = ? ORDER BY id", (job_id,)
-        )
-        return [Job.from_row(r) for r in rows]
 
     async def claim(self, job_id: int) -> bool:
         """queued -> running; False when the job is no longer queued."""
@@ -339,7 +339,7 @@ class Jobs:
                 went_live = data.pop("deployment_status") in (
                     ("ACTIVE",) if data["kind"] == "rollback" else ("ACTIVE", "ROLLED_BACK")
                 )
-                job = Job(**{**data, "context": json.loads(data["context"] or "{}")})
+                job = Job.from_row(data)
                 if went_live:
                     await conn.execute(
                         "UPDATE jobs SET state = 'succeeded', finished_at = ?, updated_at = ?"
@@ -388,16 +388,6 @@ class Jobs:
 class Deliveries:
     def __init__(self, db: Database) -> None:
         self.db = db
-
-    async def record(self, forge: str, delivery_id: str, event: str, outcome: str) -> bool:
-        """Remember a delivery that queues nothing; False when it was seen before."""
-        async with self.db.transaction() as conn:
-            cursor = await conn.execute(
-                "INSERT OR IGNORE INTO deliveries (forge, delivery_id, event, outcome,"
-                " received_at) VALUES (?, ?, ?, ?, ?)",
-                (forge, delivery_id, event, outcome, utcnow()),
-            )
-            return cursor.rowcount == 1
 
     async def count(self) -> int:
         row = await self.db.fetchone("SELECT COUNT(*) FROM deliveries")

@@ -22,7 +22,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -172,51 +172,7 @@ def free_port_pair() -> int:
 _used_ports: set[int] = set()
 
 
-@dataclass
-class Nginx:
-    """A real nginx with its own prefix; gatebot (or a benchmark) writes into `conf_dir`."""
-
-    prefix: Path
-    workers: int = 1
-    conf_dir: Path = field(init=False)
-    conf: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.conf_dir = self.prefix / "gatebot.d"
-        self.conf = self.prefix / "nginx.conf"
-        for sub in ("logs", "gatebot.d", "tmp"):
-            (self.prefix / sub).mkdir(parents=True, exist_ok=True)
-        self.conf.write_text(devtools.nginx_conf(self.prefix, workers=self.workers))
-
-    @property
-    def base_cmd(self) -> list[str]:
-        return ["nginx", "-p", str(self.prefix), "-c", str(self.conf)]
-
-    @property
-    def test_cmd(self) -> list[str]:
-        return [*self.base_cmd, "-t", "-q"]
-
-    @property
-    def reload_cmd(self) -> list[str]:
-        return [*self.base_cmd, "-s", "reload"]
-
-    def start(self, stack: contextlib.ExitStack) -> Nginx:
-        subprocess.run(self.base_cmd, check=True, capture_output=True)
-        stack.callback(self.stop)
-        return self
-
-    def reload(self) -> None:
-        subprocess.run(self.reload_cmd, check=True, capture_output=True)
-
-    def stop(self) -> None:
-        """Stop by the master's PID (`nginx -s` would need a valid configuration)."""
-        try:
-            pid = int((self.prefix / "nginx.pid").read_text().strip())
-        except (OSError, ValueError):
-            return
-        stop_pid(pid, signal.SIGQUIT, 10)
-
-
+Nginx = devtools.Nginx
 stop_pid = devtools.stop_pid
 
 
@@ -266,31 +222,8 @@ def write_config(
     }
     if listen_port is not None:
         tables["server"]["listen"] = f"{LOOPBACK}:{listen_port}"
-    lines: list[str] = []
-    for table, values in tables.items():
-        lines.append(f"[{table}]")
-        lines += [f"{k} = {_toml(v)}" for k, v in values.items()]
-    for project in projects:
-        lines.append("[[projects]]")
-        nested = {k: v for k, v in project.items() if isinstance(v, dict)}
-        lines += [f"{k} = {_toml(v)}" for k, v in project.items() if k not in nested]
-        for key, table_values in nested.items():
-            lines.append(f"[projects.{key}]")
-            lines += [f"{k} = {_toml(v)}" for k, v in table_values.items()]
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(devtools.config_toml(tables, projects))
     return path
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    raise TypeError(value)
 
 
 def gatebot_cli(config: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:

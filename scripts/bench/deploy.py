@@ -188,7 +188,8 @@ def setup(ws: Path, stack: contextlib.ExitStack) -> Bench:
     name = f"bd{os.getpid() % 100000}"
     for leftover in (name, f"{name}-ref", f"{name}-floor"):
         stack.callback(common.remove_project, leftover)
-    nginx = common.Nginx(ws / "nginx").start(stack)
+    nginx = common.Nginx(ws / "nginx").start()
+    stack.callback(nginx.stop)
     repo = common.SampleRepo(ws / "repo")
     repo.commit("v0")
     ports = {

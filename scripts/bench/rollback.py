@@ -122,7 +122,8 @@ class Bench:
 def setup(ws: Path, stack: contextlib.ExitStack) -> Bench:
     name = f"br{os.getpid() % 100000}"
     stack.callback(common.remove_project, name)
-    nginx = common.Nginx(ws / "nginx").start(stack)
+    nginx = common.Nginx(ws / "nginx").start()
+    stack.callback(nginx.stop)
     repo = common.SampleRepo(ws / "repo")
     project = common.project_config(
         name,

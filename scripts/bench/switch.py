@@ -251,10 +251,10 @@ def setup(ws: Path, stack: Any) -> Setup:
     (nginx.conf_dir / "naive.conf").write_text(
         proxy_conf("naive", ports["naive_site"], ports["naive"])
     )
-    nginx.start(stack)
+    stack.callback(nginx.start().stop)
     front = common.Nginx(ws / "front")
     (front.conf_dir / "front.conf").write_text(proxy_conf("inner", ports["front"], ports["site"]))
-    front.start(stack)
+    stack.callback(front.start().stop)
     repo = common.SampleRepo(ws / "repo")
     sha = repo.commit("switch-v1")
     config = common.write_config(
