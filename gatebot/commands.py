@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from gatebot.settings import PROJECT_NAME
+from gatebot.model import PROJECT_NAME
 
 COMMAND = "/rollback"
 USAGE = (
@@ -48,7 +48,7 @@ def parse_comment(body: str) -> RollbackCommand | CommandError | None:
     project: str | None = None
     if args and args[0].lower() != "to":
         project = args.pop(0)
-        if not PROJECT_NAME.match(project):
+        if not PROJECT_NAME.fullmatch(project):
             return CommandError(f"the word after `/rollback` is not a project name. {USAGE}")
     to: str | None = None
     if args:

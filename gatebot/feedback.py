@@ -44,9 +44,9 @@ from gatebot.forges.base import (
     StatusTarget,
 )
 from gatebot.logs import redact, secrets_of
+from gatebot.model import CommentRef, JobKind, JobState, Origin, OriginKind, Status
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.journal import JournalEvent, Listener
-from gatebot.pipeline.status import Status
 from gatebot.queue import JobRunner
 from gatebot.settings import ProjectSettings, Settings
 from gatebot.store.deployments import Deployment
@@ -85,12 +85,12 @@ class ForgeFeedback:
     def client_for(self, project: ProjectSettings) -> ForgeClient | None:
         return self.clients.get(project.forge)
 
-    def repo_of(self, project: ProjectSettings, context: dict[str, Any]) -> RepoRef:
+    def repo_of(self, project: ProjectSettings, origin: Origin) -> RepoRef:
         return RepoRef(
             forge=project.forge,
-            repo=str(context.get("repo") or project.forge_repo or project.name),
-            project_id=context.get("project_id"),
-            installation_id=context.get("installation_id"),
+            repo=origin.repo or project.forge_repo or project.name,
+            project_id=origin.project_id,
+            installation_id=origin.installation_id,
         )
 
     def page_url(self, deployment_id: int | None) -> str | None:
@@ -138,7 +138,7 @@ class ForgeFeedback:
         if client is None:
             return
         target = StatusTarget(
-            commit=CommitRef(repo=self.repo_of(project, job.context), sha=sha),
+            commit=CommitRef(repo=self.repo_of(project, job.origin), sha=sha),
             context=f"gatebot/{project.name}",
         )
         key = (project.forge, target.commit.repo.repo, sha, target.context)
@@ -179,33 +179,33 @@ class ForgeFeedback:
     # --- JobObserver ----------------------------------------------------------------------
 
     async def job_queued(self, job: Job) -> None:
-        if job.kind == "deploy":
+        if job.kind is JobKind.DEPLOY:
             self.status(job, job.sha, "queued", "queued")
 
     async def job_superseded(self, job: Job, by: Job) -> None:
-        if job.kind == "deploy":
+        if job.kind is JobKind.DEPLOY:
             self.status(job, job.sha, "superseded", f"superseded by {(by.sha or '?')[:7]}")
 
     async def job_started(self, job: Job) -> None:
-        if job.kind == "deploy":
+        if job.kind is JobKind.DEPLOY:
             self.status(job, job.sha, "deploying", "starting")
 
     def job_event(self, job: Job, event: JournalEvent) -> None:
-        if job.kind == "deploy" and event.kind == "start" and event.stage in STAGE_WORDS:
+        if job.kind is JobKind.DEPLOY and event.kind == "start" and event.stage in STAGE_WORDS:
             words = STAGE_WORDS[event.stage]
             self.status(job, job.sha, "deploying", words, event.deployment_id)
 
     async def job_finished(self, job: Job, deployment: Deployment | None) -> None:
         sha = (deployment.commit_sha if deployment else None) or job.sha
         dep_id = deployment.id if deployment else job.deployment_id
-        if job.state == "succeeded" and deployment is not None:
+        if job.state is JobState.SUCCEEDED and deployment is not None:
             self.status(
                 job, sha, "live", f"v{deployment.version} live on {deployment.color}", dep_id
             )
-        elif job.kind == "deploy" and deployment is not None and deployment.failed_stage:
+        elif job.kind is JobKind.DEPLOY and deployment is not None and deployment.failed_stage:
             reason = public_reason(deployment.error or job.error or "failed")
             self.status(job, sha, "failed", f"{deployment.failed_stage}: {reason}", dep_id)
-        elif job.kind == "deploy":
+        elif job.kind is JobKind.DEPLOY:
             reason = public_reason(job.error or "internal error")
             self.status(job, sha, "error", f"failed: {reason}", dep_id)
 
@@ -264,22 +264,23 @@ def plan_comment(
 def _rollback_job(event: CommentCommand, command: RollbackCommand, project: str) -> NewJob:
     return NewJob(
         project=project,
-        kind="rollback",
+        kind=JobKind.ROLLBACK,
         target=command.to,
-        trigger=f"comment:{event.author}",
-        delivery_id=event.delivery_id,
-        context={
-            "forge": event.forge,
-            "repo": event.repo,
-            "installation_id": event.installation_id,
-            "project_id": event.project_id,
-            "comment": {
-                "sha": event.sha,
-                "author": event.author,
-                "author_id": event.author_id,
-                "comment_id": event.comment_id,
-            },
-        },
+        origin=Origin(
+            kind=OriginKind.COMMENT,
+            who=event.author,
+            delivery_id=event.delivery_id,
+            forge=event.forge,
+            repo=event.repo,
+            installation_id=event.installation_id,
+            project_id=event.project_id,
+            comment=CommentRef(
+                sha=event.sha,
+                author=event.author,
+                author_id=event.author_id,
+                comment_id=event.comment_id,
+            ),
+        ),
     )
 
 
@@ -289,12 +290,13 @@ async def resolve_target(engine: Engine, job: NewJob) -> NewJob:
     records the live release it was decided against; if another has gone live by the time the
     job runs, the job is refused instead of guessing (and a retry after a crash cannot bounce
     back to the release it replaced)."""
-    comment = dict((job.context or {}).get("comment") or {})
+    comment = job.origin.comment
+    assert comment is not None
     deployments = engine.store.deployments
     active = await deployments.active(job.project)
     target = job.target
     if target is None:
-        sha = str(comment.get("sha", ""))
+        sha = comment.sha
         if active is not None and active.commit_sha == sha:
             from gatebot.pipeline.rollback import choose_target
 
@@ -313,8 +315,8 @@ async def resolve_target(engine: Engine, job: NewJob) -> NewJob:
                     f"commit {sha[:12]} was never live for {job.project}; comment on a "
                     f"deployed commit, or name a release. {USAGE}"
                 )
-    comment["expect_active"] = active.id if active else None
-    return replace(job, target=target, context={**(job.context or {}), "comment": comment})
+    origin = replace(job.origin, expect_active=active.id if active else None)
+    return replace(job, target=target, origin=origin)
 
 
 def comment_runner(settings: Settings, feedback: ForgeFeedback, inner: JobRunner) -> JobRunner:
@@ -326,19 +328,19 @@ def comment_runner(settings: Settings, feedback: ForgeFeedback, inner: JobRunner
     decided: dict[int, bool] = {}
 
     async def run(engine: Engine, job: Job, listeners: list[Listener]) -> Deployment:
-        comment = job.context.get("comment")
-        if job.kind != "rollback" or not isinstance(comment, dict):
+        comment = job.origin.comment
+        if job.kind is not JobKind.ROLLBACK or comment is None:
             return await inner(engine, job, listeners)
         project = settings.project(job.project)
-        repo = feedback.repo_of(project, job.context)
-        sha, author = str(comment["sha"]), str(comment["author"])
+        repo = feedback.repo_of(project, job.origin)
+        sha, author = comment.sha, comment.author
 
         def say(body: str) -> None:
             feedback.reply(project.forge, repo, sha, body)
 
         if job.id not in decided:
             decided[job.id] = await may_deploy(
-                feedback, project, repo, author, comment.get("author_id")
+                feedback, project, repo, author, comment.author_id
             )
         if not decided[job.id]:
             say(
@@ -347,7 +349,7 @@ def comment_runner(settings: Settings, feedback: ForgeFeedback, inner: JobRunner
             )
             raise CommandRefused(f"{author} may not roll back {project.name}")
         active = await engine.store.deployments.active(project.name)
-        if comment.get("expect_active") != (active.id if active else None):
+        if job.origin.expect_active != (active.id if active else None):
             say(
                 f"@{author} the live release of `{project.name}` changed since your comment "
                 f"(now v{active.version if active else '-'}); nothing was rolled back. "

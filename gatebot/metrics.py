@@ -24,11 +24,12 @@ from prometheus_client.exposition import generate_latest
 from gatebot.api.errors import Handler
 from gatebot.api.keys import ENGINE
 from gatebot.forges.base import CommitRef, DeployState, ForgeClient, RepoRef, StatusTarget
+from gatebot.model import JobKind, JobState
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.health import listen_to_probes
 from gatebot.pipeline.journal import JournalEvent
 from gatebot.store.deployments import Deployment
-from gatebot.store.jobs import JOB_STATES, QUEUED, SUPERSEDED, Job
+from gatebot.store.jobs import Job
 
 log = logging.getLogger("gatebot.metrics")
 T = TypeVar("T")
@@ -119,7 +120,7 @@ class Metrics:
             ["forge", "outcome"],
             registry=r,
         )
-        for state in JOB_STATES:
+        for state in JobState:
             self.jobs.labels(state)
         for outcome in ("succeeded", "failed"):
             self.deploy_seconds.labels(outcome)
@@ -149,9 +150,9 @@ class Metrics:
 
     async def refresh(self, engine: Engine) -> None:
         counts = await engine.store.jobs.counts()
-        for state in JOB_STATES:
+        for state in JobState:
             self.jobs.labels(state).set(counts.get(state, 0))
-        self.queue_depth.set(counts.get(QUEUED, 0))
+        self.queue_depth.set(counts.get(JobState.QUEUED, 0))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -168,7 +169,7 @@ class MetricsObserver:
         return None
 
     async def job_superseded(self, job: Job, by: Job) -> None:
-        self.metrics.jobs_finished.labels(job.kind, SUPERSEDED).inc()
+        self.metrics.jobs_finished.labels(job.kind, JobState.SUPERSEDED).inc()
 
     async def job_started(self, job: Job) -> None:
         self._started[job.id] = time.monotonic()
@@ -183,9 +184,8 @@ class MetricsObserver:
         self.metrics.jobs_finished.labels(job.kind, job.state).inc()
         if started is None:
             return
-        histogram = (
-            self.metrics.rollback_seconds if job.kind == "rollback" else self.metrics.deploy_seconds
-        )
+        rollback = job.kind is JobKind.ROLLBACK
+        histogram = self.metrics.rollback_seconds if rollback else self.metrics.deploy_seconds
         histogram.labels(job.state).observe(time.monotonic() - started)
 
 

@@ -18,11 +18,12 @@ from dataclasses import replace
 from typing import Protocol, TypeVar
 
 from gatebot.errors import GatebotError, LockHeld
+from gatebot.model import JobState
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.journal import JournalEvent, Listener
 from gatebot.settings import QueueSettings
 from gatebot.store.deployments import Deployment
-from gatebot.store.jobs import FAILED, SUCCEEDED, Job, NewJob
+from gatebot.store.jobs import Job, NewJob
 
 log = logging.getLogger("gatebot.queue")
 T = TypeVar("T")
@@ -218,7 +219,7 @@ class JobQueue:
         try:
             await self._notify("job_started", job)
             log.info("running %s of %s", job.kind, job.project, extra=extra)
-            state, error = SUCCEEDED, None
+            state, error = JobState.SUCCEEDED, None
             try:
                 deployment = await self.runner(self.engine, job, [on_event])
             except LockHeld as busy:
@@ -229,10 +230,10 @@ class JobQueue:
                 await self._record(job, "put back in the queue", self.engine.store.jobs.release)
                 return
             except GatebotError as problem:  # StageFailed included
-                state, error = FAILED, str(problem)
+                state, error = JobState.FAILED, str(problem)
             except Exception as exc:
                 log.exception("job %s failed unexpectedly", job.id, extra=extra)
-                state, error = FAILED, f"internal error: {type(exc).__name__}"
+                state, error = JobState.FAILED, f"internal error: {type(exc).__name__}"
             if deployment is not None:
                 deployment_id: int | None = deployment.id
             else:

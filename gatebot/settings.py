@@ -28,9 +28,9 @@ from pydantic import (
 )
 
 from gatebot.errors import ConfigError
+from gatebot.model import PROJECT_NAME, PROJECT_NAME_PATTERN
 
 CONFIG_ENV = "GATEBOT_CONFIG"
-PROJECT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 _NGINX_TOKEN = re.compile(r"^[A-Za-z0-9_.:\[\]*~^$\\/-]+$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -191,9 +191,9 @@ class ProjectSettings(_Model):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not PROJECT_NAME.match(value):
+        if not PROJECT_NAME.fullmatch(value):
             raise ValueError(
-                "must match ^[a-z0-9][a-z0-9-]{0,39}$ (lower-case letters, digits, dashes)"
+                f"must match {PROJECT_NAME_PATTERN} (lower-case letters, digits, dashes)"
             )
         return value
 

@@ -19,6 +19,7 @@ import pytest
 
 from gatebot import queue as queue_module
 from gatebot.app import start_work
+from gatebot.model import JobKind, Origin, OriginKind
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.jobs import run_job
 from gatebot.pipeline.journal import Listener
@@ -101,7 +102,12 @@ async def make_queue(engine: Engine) -> AsyncIterator[QueueFactory]:
 
 
 def deploy_job(project: str, sha: str | None = None) -> NewJob:
-    return NewJob(project=project, kind="deploy", trigger="push:test", sha=sha)
+    return NewJob(
+        project=project,
+        kind=JobKind.DEPLOY,
+        origin=Origin(kind=OriginKind.PUSH, who="test"),
+        sha=sha,
+    )
 
 
 async def states(engine: Engine) -> dict[int, str]:

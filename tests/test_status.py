@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from gatebot.errors import GatebotError, IllegalTransition
-from gatebot.pipeline.status import Status, check_transition
+from gatebot.model import Status, check_transition
 
 # Written out from the lifecycle in gatebot/pipeline/status.py's docstring, not from ALLOWED:
 #     PENDING -> DEPLOYING -> ACTIVE -> ROLLED_BACK -> ACTIVE (rollback)

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from gatebot.api.errors import ApiError, Handler
 from gatebot.api.keys import ENGINE
+from gatebot.model import Origin, OriginKind
 from gatebot.store.tokens import Scope, Token, allows
 
 TOKEN = web.RequestKey("token", Token)
@@ -88,4 +89,9 @@ def token_of(request: web.Request) -> Token:
 
 def actor(request: web.Request) -> str:
     """Who is acting, as recorded in a job's and a deployment's trigger: ``token:NAME``."""
-    return f"token:{token_of(request).name}"
+    return origin_of(request).trigger
+
+
+def origin_of(request: web.Request) -> Origin:
+    """The origin of a job an API request queues: the token's name."""
+    return Origin(kind=OriginKind.API, who=token_of(request).name)

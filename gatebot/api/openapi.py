@@ -10,11 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from gatebot import __version__
-from gatebot.store.jobs import JOB_STATES
+from gatebot.model import PROJECT_NAME_PATTERN, Color, JobKind, JobState, Status
 
-PROJECT_NAME = r"^[a-z0-9][a-z0-9-]{0,39}$"
+PROJECT_NAME = f"^{PROJECT_NAME_PATTERN}$"
+JOB_STATES = [str(s) for s in JobState]
 MAX_ID = 2**63 - 1
-STATUSES = ["PENDING", "DEPLOYING", "ACTIVE", "ROLLED_BACK", "FAILED"]
+STATUSES = [str(s) for s in Status]
+COLORS = [str(c) for c in Color]
+JOB_KINDS = [str(k) for k in JobKind]
 
 
 def ref(name: str) -> dict[str, str]:
@@ -115,8 +118,8 @@ SCHEMAS: dict[str, Any] = {
         {
             "id": ID,
             "project": STRING,
-            "kind": {"type": "string", "enum": ["deploy", "rollback"]},
-            "state": {"type": "string", "enum": list(JOB_STATES)},
+            "kind": {"type": "string", "enum": JOB_KINDS},
+            "state": {"type": "string", "enum": JOB_STATES},
             "sha": nullable(STRING),
             "target": nullable({**STRING, "description": "rollback: the version brought back"}),
             "trigger": {
@@ -144,7 +147,7 @@ SCHEMAS: dict[str, Any] = {
             "commitMessage": nullable(STRING),
             "image": nullable(STRING),
             "container": nullable(STRING),
-            "color": nullable({"type": "string", "enum": ["blue", "green"]}),
+            "color": nullable({"type": "string", "enum": COLORS}),
             "port": nullable(INTEGER),
             "trigger": STRING,
             "error": nullable(STRING),
@@ -177,7 +180,7 @@ SCHEMAS: dict[str, Any] = {
             "deployment": ID,
             "version": INTEGER,
             "commit": nullable(STRING),
-            "color": nullable({"type": "string", "enum": ["blue", "green"]}),
+            "color": nullable({"type": "string", "enum": COLORS}),
             "port": nullable(INTEGER),
             "since": nullable(TIME),
             "trigger": STRING,
@@ -186,7 +189,7 @@ SCHEMAS: dict[str, Any] = {
     "Busy": obj(
         {
             "job": nullable(ID),
-            "kind": nullable({"type": "string", "enum": ["deploy", "rollback"]}),
+            "kind": nullable({"type": "string", "enum": JOB_KINDS}),
             "deployment": nullable(ID),
             "by": nullable({**STRING, "description": "who holds the project's lock"}),
         }
@@ -368,7 +371,7 @@ def _paths() -> dict[str, Any]:
                     {
                         "name": "state",
                         "in": "query",
-                        "schema": {"type": "string", "enum": list(JOB_STATES)},
+                        "schema": {"type": "string", "enum": JOB_STATES},
                     },
                     {"name": "project", "in": "query", "schema": STRING},
                 ],

@@ -24,9 +24,9 @@ from aiohttp import web
 
 from gatebot.api.views import deployment_view, step_view, stream_finished
 from gatebot.logs import redact
+from gatebot.model import JobState
 from gatebot.pipeline.engine import Engine
 from gatebot.store.deployments import Deployment
-from gatebot.store.jobs import RUNNING
 
 POLL_SECONDS = 0.2
 KEEPALIVE_SECONDS = 15.0
@@ -98,7 +98,7 @@ async def is_finished(engine: Engine, d: Deployment) -> bool:
     """stream_finished, asking only what it needs: the lock is probed last and only when no
     job of this server runs (probing takes the lock for an instant, and must not race this
     server's own job for it)."""
-    running = await engine.store.jobs.recent(project=d.project, state=RUNNING, limit=1)
+    running = await engine.store.jobs.recent(project=d.project, state=JobState.RUNNING, limit=1)
     if running:
         return stream_finished(d, running[0], None, None)
     newest = await engine.store.deployments.history(d.project, limit=1)

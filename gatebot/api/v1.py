@@ -19,18 +19,18 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from gatebot.api import sse
-from gatebot.api.auth import actor, requires
+from gatebot.api.auth import actor, origin_of, requires
 from gatebot.api.errors import ApiError
 from gatebot.api.keys import ENGINE, QUEUE, SECRETS, SETTINGS
 from gatebot.api.openapi import MAX_ID, SPEC
 from gatebot.api.views import busy_view, deployment_view, job_view, project_view, step_view
 from gatebot.errors import NothingToRollBack, RuntimeUnavailable, UnknownProject
+from gatebot.model import JobKind, JobState, Status
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.rollback import choose_target
-from gatebot.pipeline.status import Status
 from gatebot.settings import ProjectSettings
 from gatebot.store.deployments import Deployment
-from gatebot.store.jobs import CANCELLED, JOB_STATES, QUEUED, RUNNING, Job, NewJob
+from gatebot.store.jobs import Job, NewJob
 
 log = logging.getLogger("gatebot.api.v1")
 routes = web.RouteTableDef()
@@ -129,7 +129,7 @@ def next_link(path: str, limit: int, offset: int, more: bool, **query: str) -> s
 
 
 async def running_job(engine: Engine, project: str) -> Job | None:
-    running = await engine.store.jobs.recent(project=project, state=RUNNING, limit=1)
+    running = await engine.store.jobs.recent(project=project, state=JobState.RUNNING, limit=1)
     return running[0] if running else None
 
 
@@ -166,7 +166,7 @@ async def project_summary(engine: Engine, project: ProjectSettings) -> dict[str,
     in_flight = await store.deployments.with_status(
         Status.PENDING, Status.DEPLOYING, project=project.name
     )
-    queued = (await store.jobs.counts(project.name)).get(QUEUED, 0)
+    queued = (await store.jobs.counts(project.name)).get(JobState.QUEUED, 0)
     busy = busy_view(job, holder, in_flight[-1] if in_flight else None)
     return project_view(project, active, busy, queued)
 
@@ -222,7 +222,7 @@ async def post_deploy(request: web.Request) -> web.Response:
     project = known_project(request, name)
     engine = request.app[ENGINE]
     await refuse_if_busy(engine, project.name)
-    new = NewJob(project=project.name, kind="deploy", trigger=actor(request), sha=sha)
+    new = NewJob(project=project.name, kind=JobKind.DEPLOY, origin=origin_of(request), sha=sha)
     return await queue_job(request, new, f"sha {sha}" if sha else f"head of {project.branch}")
 
 
@@ -243,7 +243,10 @@ async def post_rollback(request: web.Request) -> web.Response:
     except RuntimeUnavailable as down:
         raise ApiError(503, str(down)) from None
     new = NewJob(
-        project=project.name, kind="rollback", trigger=actor(request), target=str(target.version)
+        project=project.name,
+        kind=JobKind.ROLLBACK,
+        origin=origin_of(request),
+        target=str(target.version),
     )
     return await queue_job(request, new, f"to v{target.version}")
 
@@ -253,10 +256,11 @@ async def post_rollback(request: web.Request) -> web.Response:
 async def delete_job(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     job = await find_job(engine, path_id(request, "job"))
-    if job.state != CANCELLED:
+    if job.state is not JobState.CANCELLED:
         if not await request.app[QUEUE].cancel(job.id):
             job = await find_job(engine, job.id)
-            what = "is running" if job.state == RUNNING else f"has already ended ({job.state})"
+            running = job.state is JobState.RUNNING
+            what = "is running" if running else f"has already ended ({job.state})"
             raise ApiError(
                 409, f"job {job.id} {what}; only a queued job can be cancelled", job=job.id
             )
@@ -338,9 +342,10 @@ async def get_deployment_logs(request: web.Request) -> web.StreamResponse:
 @requires("read")
 async def get_jobs(request: web.Request) -> web.Response:
     limit, offset = paging(request)
-    state = request.query.get("state")
-    if state is not None and state not in JOB_STATES:
-        raise ApiError(400, f"state must be one of {', '.join(JOB_STATES)}")
+    state_name = request.query.get("state")
+    if state_name is not None and state_name not in set(JobState):
+        raise ApiError(400, f"state must be one of {', '.join(JobState)}")
+    state = JobState(state_name) if state_name is not None else None
     project = request.query.get("project")
     rows = await request.app[ENGINE].store.jobs.recent(
         project=project, state=state, limit=limit + 1, offset=offset

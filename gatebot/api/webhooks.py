@@ -21,6 +21,7 @@ from gatebot.feedback import CommentPlan, plan_comment, reply_if_allowed, resolv
 from gatebot.forges.errors import WebhookRejected
 from gatebot.forges.github import sansio as github
 from gatebot.forges.gitlab import sansio as gitlab
+from gatebot.model import JobKind, Origin, OriginKind
 from gatebot.settings import Settings
 from gatebot.store.jobs import DuplicateDelivery, NewJob
 
@@ -142,22 +143,17 @@ def plan_push(
     tracked = [p for p in projects if p.branch == push.branch]
     if not tracked:
         return [], f"branch {push.branch} is not tracked"
-    context = {
-        "forge": push.forge,
-        "repo": push.repo,
-        "installation_id": push.installation_id,
-        "project_id": push.project_id,
-    }
+    origin = Origin(
+        kind=OriginKind.PUSH,
+        who=push.pusher,
+        delivery_id=push.delivery_id,
+        forge=push.forge,
+        repo=push.repo,
+        installation_id=push.installation_id,
+        project_id=push.project_id,
+    )
     return [
-        NewJob(
-            project=p.name,
-            kind="deploy",
-            sha=push.sha,
-            trigger=f"push:{push.pusher}",
-            delivery_id=push.delivery_id,
-            context=context,
-        )
-        for p in tracked
+        NewJob(project=p.name, kind=JobKind.DEPLOY, sha=push.sha, origin=origin) for p in tracked
     ], None
 
 

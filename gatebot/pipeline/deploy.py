@@ -14,12 +14,13 @@ import contextlib
 import logging
 
 from gatebot.errors import GatebotError, StageFailed
+from gatebot.model import Slot
 from gatebot.pipeline.engine import Engine, image_repository, image_tag, pick_slot
 from gatebot.pipeline.health import wait_healthy
 from gatebot.pipeline.journal import Journal, Listener
 from gatebot.runtime.base import LABEL_DEPLOYMENT, BuildSpec
 from gatebot.settings import ProjectSettings
-from gatebot.store.deployments import Deployment, Slot
+from gatebot.store.deployments import Deployment
 
 log = logging.getLogger("gatebot.pipeline")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from gatebot.model import Color, Slot
 from gatebot.pipeline.journal import Journal, Listener
 from gatebot.pipeline.lock import ProjectLocks
 from gatebot.proxy.nginx import NginxProxy, render_project_conf
@@ -19,7 +20,7 @@ from gatebot.runtime.base import (
 )
 from gatebot.settings import ProjectSettings, Settings
 from gatebot.store import Store
-from gatebot.store.deployments import Deployment, Slot
+from gatebot.store.deployments import Deployment
 from gatebot.vcs import GitSource
 
 
@@ -68,7 +69,7 @@ class Engine:
         )
 
 
-def container_name(project: str, color: str) -> str:
+def container_name(project: str, color: Color) -> str:
     return f"gatebot-{project}-{color}"
 
 
@@ -82,9 +83,14 @@ def image_tag(project: str, version: int, sha: str) -> str:
 
 def pick_slot(project: ProjectSettings, active: Deployment | None) -> Slot:
     """The idle slot: the opposite color of the live one; blue when nothing is live."""
-    color = "green" if active is not None and active.color == "blue" else "blue"
+    color = active.color.other if active is not None and active.color else Color.BLUE
+    return slot_of(project, color)
+
+
+def slot_of(project: ProjectSettings, color: Color) -> Slot:
+    """A project's slot of `color`: blue on the base port, green on the next one."""
     blue, green = project.ports
-    port = green if color == "green" else blue
+    port = green if color is Color.GREEN else blue
     return Slot(container=container_name(project.name, color), color=color, port=port)
 
 
@@ -98,5 +104,5 @@ def deployment_labels(
         LABEL_COMMIT: commit or "",
     }
     if slot is not None:
-        labels[LABEL_COLOR] = slot.color
+        labels[LABEL_COLOR] = str(slot.color)
     return labels

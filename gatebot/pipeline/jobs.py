@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gatebot.model import JobKind
 from gatebot.pipeline.deploy import deploy
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.journal import Listener
@@ -11,7 +12,7 @@ from gatebot.store.jobs import Job
 
 
 async def run_job(engine: Engine, job: Job, listeners: list[Listener]) -> Deployment:
-    if job.kind == "rollback":
+    if job.kind is JobKind.ROLLBACK:
         return await rollback(
             engine, job.project, to=job.target, trigger=job.trigger, listeners=listeners
         )

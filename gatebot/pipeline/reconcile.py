@@ -18,12 +18,12 @@ import logging
 from dataclasses import dataclass, field
 
 from gatebot.errors import GatebotError, LockHeld
+from gatebot.model import Slot, Status
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.health import wait_healthy
-from gatebot.pipeline.status import Status
 from gatebot.runtime.base import LABEL_DEPLOYMENT
 from gatebot.settings import ProjectSettings
-from gatebot.store.deployments import Deployment, Slot
+from gatebot.store.deployments import Deployment
 
 log = logging.getLogger("gatebot.reconcile")
 

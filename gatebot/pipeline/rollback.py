@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 from gatebot.errors import NothingToRollBack, StageFailed
+from gatebot.model import Status
 from gatebot.pipeline.deploy import retire, undo
 from gatebot.pipeline.engine import Engine, pick_slot
 from gatebot.pipeline.health import wait_healthy
 from gatebot.pipeline.journal import Listener
-from gatebot.pipeline.status import Status
 from gatebot.store.deployments import Deployment
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import aiosqlite
 
 from gatebot.errors import GatebotError
-from gatebot.pipeline.status import Status, check_transition
+from gatebot.model import Color, Slot, Status, check_transition
 from gatebot.store.db import Database, utcnow
 
 
@@ -21,7 +21,7 @@ class Deployment:
     commit_message: str | None
     image: str | None
     container: str | None
-    color: str | None
+    color: Color | None
     port: int | None
     status: Status
     error: str | None
@@ -36,10 +36,15 @@ class Deployment:
     def from_row(cls, row: aiosqlite.Row) -> Deployment:
         data = dict(row)
         data["status"] = Status(data["status"])
+        data["color"] = Color(data["color"]) if data["color"] else None
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "status": str(self.status)}
+        return {
+            **asdict(self),
+            "status": str(self.status),
+            "color": str(self.color) if self.color else None,
+        }
 
 
 @dataclass(frozen=True)
@@ -58,15 +63,6 @@ class Step:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class Slot:
-    """Where a deployment's container runs."""
-
-    container: str
-    color: str
-    port: int
 
 
 class Deployments:
@@ -174,7 +170,7 @@ class Deployments:
                 commit_message=commit_message,
                 image=image,
                 container=slot.container,
-                color=slot.color,
+                color=str(slot.color),
                 port=slot.port,
             )
         return await self.require(deployment_id)
@@ -201,7 +197,7 @@ class Deployments:
                 await _transition(conn, old_id, Status.ROLLED_BACK)
             fields: dict[str, Any] = {"activated_at": now, "finished_at": now}
             if slot is not None:
-                fields.update(container=slot.container, color=slot.color, port=slot.port)
+                fields.update(container=slot.container, color=str(slot.color), port=slot.port)
             await _transition(conn, new_id, Status.ACTIVE, **fields)
         return await self.require(new_id)
 

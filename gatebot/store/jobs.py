@@ -1,7 +1,5 @@
-"""The durable job queue's truth: one row per requested deploy or rollback.
-
-    queued -> running -> succeeded | failed
-    queued -> superseded (a newer push for the project) | cancelled (an operator)
+"""The durable job queue's truth: one row per requested deploy or rollback, moving through
+the job states of `gatebot.model`.
 
 A webhook's delivery record and the job it queues are written in one transaction, so a
 delivery is either acknowledged and queued, or neither.
@@ -19,30 +17,21 @@ from typing import Any
 import aiosqlite
 
 from gatebot.errors import GatebotError
+from gatebot.model import LIVE_ONCE, JobKind, JobState, Origin, Status
 from gatebot.store.db import Database, utcnow
-
-QUEUED, RUNNING, SUCCEEDED, FAILED, SUPERSEDED, CANCELLED = (
-    "queued",
-    "running",
-    "succeeded",
-    "failed",
-    "superseded",
-    "cancelled",
-)
-JOB_STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, SUPERSEDED, CANCELLED)
 
 
 @dataclass(frozen=True)
 class Job:
     id: int
     project: str
-    kind: str  # deploy | rollback
+    kind: JobKind
     sha: str | None
     target: str | None  # rollback: version or SHA to bring back
-    state: str
-    trigger: str
+    state: JobState
+    trigger: str  # origin.trigger, kept as a column for queries and display
     delivery_id: str | None
-    context: dict[str, Any]  # where it came from: forge, repo, comment... (for feedback)
+    origin: Origin  # who asked, through which delivery, where to reply
     deployment_id: int | None
     error: str | None
     superseded_by: int | None
@@ -55,22 +44,34 @@ class Job:
     @classmethod
     def from_row(cls, row: aiosqlite.Row | sqlite3.Row | dict[str, Any]) -> Job:
         data = dict(row)
-        data["context"] = json.loads(data["context"] or "{}")
+        data["origin"] = Origin.from_json(json.loads(data.pop("context") or "{}"), data["trigger"])
+        data["kind"] = JobKind(data["kind"])
+        data["state"] = JobState(data["state"])
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["kind"] = str(self.kind)
+        data["state"] = str(self.state)
+        data["origin"] = self.origin.to_json()
+        return data
 
 
 @dataclass(frozen=True)
 class NewJob:
     project: str
-    kind: str
-    trigger: str
+    kind: JobKind
+    origin: Origin
     sha: str | None = None
     target: str | None = None
-    delivery_id: str | None = None
-    context: dict[str, Any] | None = None
+
+    @property
+    def trigger(self) -> str:
+        return self.origin.trigger
+
+    @property
+    def delivery_id(self) -> str | None:
+        return self.origin.delivery_id
 
 
 class DuplicateDelivery(GatebotError):
@@ -127,19 +128,19 @@ def _enqueue_rows(conn: sqlite3.Connection, pending: _Pending) -> _Outcome:
             " VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?) RETURNING *",
             (
                 job.project,
-                job.kind,
+                str(job.kind),
                 job.sha,
                 job.target,
                 job.trigger,
                 job.delivery_id,
-                json.dumps(job.context or {}),
+                json.dumps(job.origin.to_json()),
                 now,
                 now,
             ),
         ).fetchall()
         new = Job.from_row(row)
         created.append(new)
-        if pending.supersede and job.kind == "deploy":
+        if pending.supersede and job.kind is JobKind.DEPLOY:
             older = conn.execute(
                 "UPDATE jobs SET state = 'superseded', superseded_by = ?, updated_at = ?,"
                 " finished_at = ? WHERE project = ? AND state = 'queued'"
@@ -172,7 +173,7 @@ class Jobs:
         self,
         *,
         project: str | None = None,
-        state: str | None = None,
+        state: JobState | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> list[Job]:
@@ -182,7 +183,7 @@ class Jobs:
             params.append(project)
         if state is not None:
             where.append("state = ?")
-            params.append(state)
+            params.append(str(state))
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = await self.db.fetchall(
             f"SELECT * FROM jobs {clause} ORDER BY id DESC LIMIT ? OFFSET ?",  # noqa: S608
@@ -286,19 +287,19 @@ class Jobs:
     async def finish(
         self,
         job_id: int,
-        state: str,
+        state: JobState,
         *,
         deployment_id: int | None = None,
         error: str | None = None,
     ) -> Job:
-        if state not in (SUCCEEDED, FAILED):
+        if state not in (JobState.SUCCEEDED, JobState.FAILED):
             raise ValueError(state)
         now = utcnow()
         async with self.db.transaction() as conn:
             await conn.execute(
                 "UPDATE jobs SET state = ?, deployment_id = COALESCE(?, deployment_id),"
                 " error = ?, finished_at = ?, updated_at = ? WHERE id = ? AND state = 'running'",
-                (state, deployment_id, error, now, now, job_id),
+                (str(state), deployment_id, error, now, now, job_id),
             )
         return await self.require(job_id)
 
@@ -337,7 +338,7 @@ class Jobs:
             for row in await cursor.fetchall():
                 data = dict(row)
                 went_live = data.pop("deployment_status") in (
-                    ("ACTIVE",) if data["kind"] == "rollback" else ("ACTIVE", "ROLLED_BACK")
+                    (Status.ACTIVE,) if data["kind"] == JobKind.ROLLBACK else LIVE_ONCE
                 )
                 job = Job.from_row(data)
                 if went_live:
@@ -366,12 +367,12 @@ class Jobs:
                         " VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
                         (
                             job.project,
-                            job.kind,
+                            str(job.kind),
                             job.sha,
                             job.target,
                             job.trigger,
                             job.delivery_id,
-                            json.dumps(job.context),
+                            json.dumps(job.origin.to_json()),
                             job.id,
                             now,
                             now,

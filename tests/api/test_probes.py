@@ -13,6 +13,7 @@ import pytest
 from gatebot import app as app_module
 from gatebot.api.keys import ENGINE, QUEUE
 from gatebot.errors import ProxyError
+from gatebot.model import JobKind, Origin, OriginKind
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.reconcile import ReconcileReport
 from gatebot.settings import DockerSettings
@@ -111,7 +112,16 @@ async def test_a_start_that_fails_with_any_error_is_tried_again_until_the_queue_
     )
 
     sha = setup.repo.commit("v1")
-    [job] = await queue.submit([NewJob(project=setup.name, kind="deploy", trigger="t", sha=sha)])
+    [job] = await queue.submit(
+        [
+            NewJob(
+                project=setup.name,
+                kind=JobKind.DEPLOY,
+                origin=Origin(kind=OriginKind.CLI, who="t"),
+                sha=sha,
+            )
+        ]
+    )
     failing[0] = False
     await eventually(lambda: queue.alive)
     assert (await readiness(client))[0] == 200

@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from gatebot.api.keys import ENGINE, QUEUE
+from gatebot.model import JobKind, Origin, OriginKind
 from gatebot.store.jobs import NewJob
 from tests.api.conftest import ClientFactory
 from tests.conftest import Setup
@@ -281,9 +282,16 @@ async def test_jobs_are_listed_paged_and_cancelled(
 
     # A job a newer push superseded has ended: it cannot be cancelled.
     store = client.app[ENGINE].store
-    [old] = await store.jobs.enqueue([NewJob(project="other", kind="deploy", trigger="push:x")])
+    [old] = await store.jobs.enqueue(
+        [NewJob(project="other", kind=JobKind.DEPLOY, origin=Origin(kind=OriginKind.PUSH, who="x"))]
+    )
     await store.jobs.enqueue(
-        [NewJob(project="other", kind="deploy", trigger="push:x")], supersede=True
+        [
+            NewJob(
+                project="other", kind=JobKind.DEPLOY, origin=Origin(kind=OriginKind.PUSH, who="x")
+            )
+        ],
+        supersede=True,
     )
     ended = await client.delete(f"/api/v1/jobs/{old.id}", headers=headers)
     assert ended.status == 409

@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from gatebot.api.keys import ENGINE, QUEUE
-from gatebot.pipeline.status import Status
+from gatebot.model import Status
 from tests.api.conftest import ClientFactory, server_settings
 from tests.conftest import Setup
 from tests.deliveries import (

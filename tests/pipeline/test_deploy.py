@@ -8,9 +8,9 @@ import docker
 import pytest
 
 from gatebot.errors import LockHeld, StageFailed
+from gatebot.model import Status
 from gatebot.pipeline.deploy import deploy
 from gatebot.pipeline.engine import Engine
-from gatebot.pipeline.status import Status
 from gatebot.wiring import open_engine
 from tests.conftest import Setup
 from tests.http import get_text, steady_load

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import docker
 
+from gatebot.model import Status
 from gatebot.pipeline.deploy import deploy
 from gatebot.pipeline.engine import Engine, image_tag, pick_slot
 from gatebot.pipeline.reconcile import reconcile
-from gatebot.pipeline.status import Status
 from gatebot.runtime.base import BuildSpec
 from tests.conftest import Setup
 from tests.pipeline.test_deploy import container_names, eventually_live

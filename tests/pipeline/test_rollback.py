@@ -6,10 +6,10 @@ import docker
 import pytest
 
 from gatebot.errors import NothingToRollBack, StageFailed
+from gatebot.model import Status
 from gatebot.pipeline.deploy import deploy
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.rollback import rollback
-from gatebot.pipeline.status import Status
 from tests.conftest import Setup
 from tests.pipeline.test_deploy import container_names, live_version
 

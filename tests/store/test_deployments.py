@@ -13,9 +13,9 @@ import aiosqlite
 import pytest
 
 from gatebot.errors import GatebotError, IllegalTransition
-from gatebot.pipeline.status import Status
+from gatebot.model import Slot, Status
 from gatebot.store import Store
-from gatebot.store.deployments import Deployment, Deployments, Slot
+from gatebot.store.deployments import Deployment, Deployments
 from gatebot.store.migrations import MIGRATIONS
 
 SHA_A = "a1b2c3d4e5f60718293a4b5c6d7e8f9012345678"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gatebot.model import JobKind, Origin, OriginKind, Slot
 from gatebot.store import NewJob, Store
-from gatebot.store.deployments import Slot
 
 
 async def test_a_job_whose_release_went_live_before_the_crash_is_not_run_again(
@@ -13,7 +13,13 @@ async def test_a_job_whose_release_went_live_before_the_crash_is_not_run_again(
 ) -> None:
     store = await Store.open(tmp_path / "g.db")
     try:
-        [job] = await store.jobs.enqueue([NewJob(project="shop", kind="deploy", trigger="t")])
+        [job] = await store.jobs.enqueue(
+            [
+                NewJob(
+                    project="shop", kind=JobKind.DEPLOY, origin=Origin(kind=OriginKind.CLI, who="t")
+                )
+            ]
+        )
         assert await store.jobs.claim(job.id)
         deployment = await store.deployments.create("shop", "t")
         await store.jobs.set_deployment(job.id, deployment.id)
@@ -37,7 +43,13 @@ async def test_a_job_whose_release_went_live_before_the_crash_is_not_run_again(
 async def test_an_interrupted_job_is_requeued_once(tmp_path: Path) -> None:
     store = await Store.open(tmp_path / "g.db")
     try:
-        [job] = await store.jobs.enqueue([NewJob(project="shop", kind="deploy", trigger="t")])
+        [job] = await store.jobs.enqueue(
+            [
+                NewJob(
+                    project="shop", kind=JobKind.DEPLOY, origin=Origin(kind=OriginKind.CLI, who="t")
+                )
+            ]
+        )
         assert await store.jobs.claim(job.id)
         failed, [retry] = await store.jobs.recover_interrupted()
         assert [f.id for f in failed] == [job.id] and retry.retry_of == job.id
