@@ -21,7 +21,8 @@ from gatebot.api import pages, probes, v1, webhooks
 from gatebot.api.errors import error_middleware
 from gatebot.api.keys import ENGINE, FEEDBACK, QUEUE, SECRETS, SETTINGS
 from gatebot.errors import GatebotError, RuntimeUnavailable
-from gatebot.feedback import ForgeFeedback, comment_runner
+from gatebot.feedback import Feedback
+from gatebot.feedback.comments import comment_runner
 from gatebot.logs import secrets_of
 from gatebot.metrics import METRICS, Metrics, MetricsObserver, counted, webhook_metrics
 from gatebot.metrics import routes as metrics_routes
@@ -56,14 +57,14 @@ def create_app(settings: Settings, *, observers: ObserverFactory | None = None) 
     async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
         async with open_engine(settings) as engine, open_forges(settings) as forges:
             engine.proxy.on_reload = metrics.nginx_reload
-            feedback = ForgeFeedback(settings, counted(forges, metrics))
+            feedback = Feedback.over(settings, counted(forges, metrics))
             queue = JobQueue(
                 engine,
                 settings.queue,
-                comment_runner(settings, feedback, run_job),
+                comment_runner(settings, feedback.permissions, feedback.replier, run_job),
                 [
                     MetricsObserver(metrics),
-                    feedback,
+                    feedback.statuses,
                     *(observers(settings, engine) if observers else []),
                 ],
             )

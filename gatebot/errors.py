@@ -39,6 +39,14 @@ class NothingToRollBack(GatebotError):
     """No earlier release with an image exists to roll back to."""
 
 
+class LiveReleaseChanged(GatebotError):
+    """A rollback decided against one live release found another live when it ran."""
+
+    def __init__(self, project: str, now: str) -> None:
+        super().__init__(f"the live release of {project} changed (now {now}); nothing was done")
+        self.now = now
+
+
 class RuntimeUnavailable(GatebotError):
     """The Docker engine cannot be reached."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gatebot.feedback import ForgeFeedback
+from gatebot.feedback import Feedback
 from gatebot.pipeline.engine import Engine
 from gatebot.queue import JobQueue
 from gatebot.settings import Settings
@@ -12,5 +12,5 @@ from gatebot.settings import Settings
 SETTINGS = web.AppKey("settings", Settings)
 ENGINE = web.AppKey("engine", Engine)
 QUEUE = web.AppKey("queue", JobQueue)
-FEEDBACK = web.AppKey("feedback", ForgeFeedback)
+FEEDBACK = web.AppKey("feedback", Feedback)
 SECRETS = web.AppKey("secrets", list[str])  # what answers and logs must never show

@@ -1,8 +1,11 @@
-"""POST /webhooks/github and /webhooks/gitlab: verify first, then parse, then record and queue.
+"""POST /webhooks/github and /webhooks/gitlab: verify first, then parse, then decide and queue.
 
-The only thing read from a body before its signature is checked is the repository name, and
-only to choose between per-project secrets. A delivery is acknowledged (202 with the job ids)
-as soon as its record and its jobs are committed to SQLite; deploys run later, in the queue.
+Nothing of a body is parsed before its signature is checked. The secrets to try are every one
+configured for the forge; only when projects have secrets of their own is a bounded prefix of
+the body searched for the repository's name, and then only to try the likely secret first.
+A delivery is acknowledged (202 with the job ids) as soon as its record and its jobs are
+committed to SQLite; deploys run later, in the queue. What a delivery means is decided by the
+pure `gatebot.intake` over what the database says; this module only does the I/O around it.
 """
 
 from __future__ import annotations
@@ -15,15 +18,23 @@ from collections.abc import Callable
 from aiohttp import web
 
 from gatebot.api.keys import ENGINE, FEEDBACK, QUEUE, SETTINGS
-from gatebot.errors import NothingToRollBack
 from gatebot.events import CommentCommand, Event, Ignored, Ping, Push
-from gatebot.feedback import CommentPlan, plan_comment, reply_if_allowed, resolve_target
 from gatebot.forges.errors import WebhookRejected
 from gatebot.forges.github import sansio as github
 from gatebot.forges.gitlab import sansio as gitlab
-from gatebot.model import JobKind, Origin, OriginKind
-from gatebot.settings import Settings
-from gatebot.store.jobs import DuplicateDelivery, NewJob
+from gatebot.intake import (
+    Candidate,
+    CommentAsk,
+    Intake,
+    ReleaseFacts,
+    candidate_secrets,
+    has_own_secrets,
+    plan_push,
+    plan_rollback,
+    read_comment,
+)
+from gatebot.store.deployments import Deployments
+from gatebot.store.jobs import DuplicateDelivery
 
 log = logging.getLogger("gatebot.webhooks")
 routes = web.RouteTableDef()
@@ -40,31 +51,16 @@ async def read_body(request: web.Request) -> bytes:
         raise WebhookRejected.too_large(limit) from None
 
 
-def candidate_secrets(
-    settings: Settings, forge: str, repo: str | None, default: str | None
-) -> dict[str, set[str]]:
-    """The secrets a delivery for `repo` may be signed with, each with the projects it may act
-    for: a project's own secret acts for that project only; the forge-wide one for the rest."""
-    projects = settings.projects_for(forge, repo) if repo else []
-    secrets: dict[str, set[str]] = {}
-    for project in projects:
-        secret = project.webhook_secret.get_secret_value() if project.webhook_secret else default
-        if secret:
-            secrets.setdefault(secret, set()).add(project.name)
-    if not projects and default:
-        secrets[default] = set()  # verified, but no project will act on it
-    return secrets
-
-
-def verify_with_any(secrets: dict[str, set[str]], verify: Callable[[str], None]) -> set[str]:
-    """Verify with each candidate secret; return the projects the one that passed acts for."""
-    if not secrets:
+def verify_with_any(candidates: list[Candidate], verify: Callable[[str], None]) -> frozenset[str]:
+    """Verify with each candidate secret in turn; return the projects the one that passed
+    acts for. Raises the last refusal when none passes (401)."""
+    if not candidates:
         raise WebhookRejected.unauthorized("no webhook secret is configured for this delivery")
     failure: WebhookRejected | None = None
-    for secret, projects in secrets.items():
+    for candidate in candidates:
         try:
-            verify(secret)
-            return projects
+            verify(candidate.secret)
+            return candidate.projects
         except WebhookRejected as exc:
             failure = exc
     assert failure is not None
@@ -77,15 +73,15 @@ async def github_webhook(request: web.Request) -> web.Response:
     body = await read_body(request)
     content_type = request.headers.get("Content-Type")
     default = settings.github.webhook_secret
-    secrets = candidate_secrets(
-        settings,
-        "github",
-        github.peek_repository(content_type, body),
-        default.get_secret_value() if default else None,
+    hint = None
+    if has_own_secrets(settings, "github"):
+        hint = github.peek_repository(content_type, body)
+    candidates = candidate_secrets(
+        settings, "github", default.get_secret_value() if default else None, hint
     )
-    signature = request.headers.get("X-Hub-Signature-256")
+    signature = request.headers.get(github.SIGNATURE_HEADER)
     allowed = verify_with_any(
-        secrets, lambda secret: github.verify_signature(body, signature, secret)
+        candidates, lambda secret: github.verify_signature(body, signature, secret)
     )
     event = github.parse_event(request.headers, github.decode_body(content_type, body))
     return await accept(request, event, allowed, body)
@@ -97,12 +93,9 @@ async def gitlab_webhook(request: web.Request) -> web.Response:
     body = await read_body(request)
     token = settings.gitlab.webhook_token
     signing = settings.gitlab.webhook_signing_token
-    tokens = candidate_secrets(
-        settings,
-        "gitlab",
-        gitlab.peek_repository(body),
-        token.get_secret_value() if token else None,
-    )
+    # Tokens are compared with a header, not over the body: trying them all costs nothing,
+    # so the body is never looked at before it is verified.
+    tokens = candidate_secrets(settings, "gitlab", token.get_secret_value() if token else None)
     now = time.time()
     headers = request.headers
 
@@ -115,7 +108,7 @@ async def gitlab_webhook(request: web.Request) -> web.Response:
             now=now,
         )
 
-    allowed: set[str] | None = None  # the signing token alone acts for every project
+    allowed: frozenset[str] | None = None  # the signing token alone acts for every project
     if tokens:
         allowed = verify_with_any(tokens, check)
     else:
@@ -124,76 +117,67 @@ async def gitlab_webhook(request: web.Request) -> web.Response:
     return await accept(request, event, allowed, body)
 
 
-def plan_push(
-    settings: Settings, push: Push, allowed: set[str] | None = None
-) -> tuple[list[NewJob], str | None]:
-    """The deploy jobs a push asks for, or none and the reason it is ignored. `allowed`: the
-    projects the delivery's verified secret may act for (None: all)."""
-    projects = [
-        p
-        for p in settings.projects_for(push.forge, push.repo)
-        if allowed is None or p.name in allowed
-    ]
-    if not projects:
-        return [], f"no project tracks {push.repo}"
-    if push.is_tag:
-        return [], "tag pushes are not deployed"
-    if push.deleted:
-        return [], f"branch {push.branch} was deleted"
-    tracked = [p for p in projects if p.branch == push.branch]
-    if not tracked:
-        return [], f"branch {push.branch} is not tracked"
-    origin = Origin(
-        kind=OriginKind.PUSH,
-        who=push.pusher,
-        delivery_id=push.delivery_id,
-        forge=push.forge,
-        repo=push.repo,
-        installation_id=push.installation_id,
-        project_id=push.project_id,
+async def release_facts(deployments: Deployments, project: str, sha: str) -> ReleaseFacts:
+    """What the database says about `project`'s releases, as a comment on `sha` needs it."""
+    active = await deployments.active(project)
+    earlier = await deployments.once_live_before(project, active.version) if active else []
+    commented = await deployments.once_live_with_commit(project, sha)
+    return ReleaseFacts(
+        active_id=active.id if active else None,
+        active_sha=active.commit_sha if active else None,
+        has_earlier=bool(earlier),
+        commented_version=commented.version if commented else None,
     )
-    return [
-        NewJob(project=p.name, kind=JobKind.DEPLOY, sha=push.sha, origin=origin) for p in tracked
-    ], None
+
+
+async def comment_intake(
+    request: web.Request, event: CommentCommand, allowed: frozenset[str] | None
+) -> tuple[Intake, bool | None]:
+    """What a comment asks for, and whether its author may deploy (None: not known in time).
+    Only the database and the forge's permission answer are consulted, never Docker."""
+    first = read_comment(request.app[SETTINGS], event, allowed)
+    if isinstance(first, CommentAsk):
+        facts = await release_facts(request.app[ENGINE].store.deployments, first.project, event.sha)
+        intake = plan_rollback(event, first, facts)
+    else:
+        intake = first
+    if intake.project is None:
+        return intake, None
+    return intake, await request.app[FEEDBACK].desk.authorize(event, intake.project)
 
 
 async def accept(
-    request: web.Request, event: Event, allowed: set[str] | None, body: bytes
+    request: web.Request, event: Event, allowed: frozenset[str] | None, body: bytes
 ) -> web.Response:
-    """Record the delivery and queue what it asks for, in one transaction."""
-    queue = request.app[QUEUE]
+    """Decide what the delivery asks for, then record it and its jobs in one transaction."""
     settings = request.app[SETTINGS]
     name = type(event).__name__.lower()
-    jobs: list[NewJob] = []
-    reason: str | None = None
+    intake = Intake()
+    permitted: bool | None = None
     if isinstance(event, Ping):
-        reason = "ping"
+        intake = Intake(ignored="ping")
     elif isinstance(event, Ignored):
-        name, reason = event.event_name, event.reason
+        name, intake = event.event_name, Intake(ignored=event.reason)
     elif isinstance(event, Push):
-        jobs, reason = plan_push(settings, event, allowed)
+        intake = plan_push(settings, event, allowed)
     elif isinstance(event, CommentCommand):
-        plan = plan_comment(settings, event, allowed)
-        reason = plan.ignored
-        if plan.job is not None:
-            try:
-                jobs = [await resolve_target(request.app[ENGINE], plan.job)]
-            except NothingToRollBack as nothing:
-                plan = CommentPlan(reply=str(nothing), project=plan.project)
-        if plan.reply is not None and plan.project is not None:
-            reason = "the command cannot run; the commenter is answered if allowed to deploy"
+        intake, permitted = await comment_intake(request, event, allowed)
+    jobs, reason = intake.jobs, intake.ignored
+    if isinstance(event, CommentCommand) and permitted is False:
+        jobs, reason = [], f"{event.author} may not deploy {intake.project}"
+    elif intake.answer is not None:
+        reason = "the command cannot run; the commenter is answered if allowed to deploy"
     extra = {"delivery": event.delivery_id}
     digest = hashlib.sha256(body).hexdigest()
     try:
-        created = await queue.submit(
+        created = await request.app[QUEUE].submit(
             jobs, delivery=(event.forge, event.delivery_id, name, digest), supersede=True
         )
     except DuplicateDelivery as duplicate:
         log.info("%s delivery %s: %s", event.forge, event.delivery_id, duplicate, extra=extra)
         return web.json_response({"duplicate": True, "delivery": event.delivery_id})
-    if isinstance(event, CommentCommand) and plan.reply is not None and plan.project:
-        feedback = request.app[FEEDBACK]
-        feedback.spawn(reply_if_allowed(feedback, event, plan.project, plan.reply))
+    if isinstance(event, CommentCommand) and intake.project is not None:
+        answer_comment(request, event, intake, permitted)
     if isinstance(event, Ping):
         return web.json_response({"ok": True, "event": "ping"})
     if not created:
@@ -210,3 +194,21 @@ async def accept(
         {"queued": [{"job": j.id, "project": j.project, "sha": j.sha} for j in created]},
         status=202,
     )
+
+
+def answer_comment(
+    request: web.Request, event: CommentCommand, intake: Intake, permitted: bool | None
+) -> None:
+    """Once the delivery is recorded: tell someone not allowed that the command will not run
+    (once per commit), answer a command that cannot run (only to someone allowed to deploy:
+    nobody else can make gatebot post on a commit)."""
+    assert intake.project is not None
+    desk = request.app[FEEDBACK].desk
+    if permitted is False:
+        if intake.jobs:
+            desk.refuse(event, intake.project)
+    elif intake.answer is not None:
+        if permitted:
+            desk.answer(event, intake.answer)
+        else:  # the forge did not answer in time: answer once it has
+            desk.replier.tasks.spawn(desk.answer_if_allowed(event, intake.project, intake.answer))

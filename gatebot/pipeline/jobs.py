@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gatebot.model import JobKind
+from gatebot.model import JobKind, OriginKind
 from gatebot.pipeline.deploy import deploy
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.journal import Listener
@@ -13,6 +13,15 @@ from gatebot.store.jobs import Job
 
 async def run_job(engine: Engine, job: Job, listeners: list[Listener]) -> Deployment:
     if job.kind is JobKind.ROLLBACK:
+        if job.origin.kind is OriginKind.COMMENT:  # decided against the release live then
+            return await rollback(
+                engine,
+                job.project,
+                to=job.target,
+                trigger=job.trigger,
+                listeners=listeners,
+                expect_active=job.origin.expect_active,
+            )
         return await rollback(
             engine, job.project, to=job.target, trigger=job.trigger, listeners=listeners
         )

@@ -9,14 +9,22 @@ live one whose image still exists; so repeated rollbacks go v3 -> v2 -> v1, neve
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Final
 
-from gatebot.errors import NothingToRollBack, StageFailed
+from gatebot.errors import LiveReleaseChanged, NothingToRollBack, StageFailed
 from gatebot.model import Status
 from gatebot.pipeline.deploy import retire, undo
 from gatebot.pipeline.engine import Engine, pick_slot
 from gatebot.pipeline.health import wait_healthy
 from gatebot.pipeline.journal import Listener
 from gatebot.store.deployments import Deployment
+
+
+class _AnyActive:
+    """`expect_active` not given: roll back from whatever is live."""
+
+
+ANY_ACTIVE: Final = _AnyActive()
 
 
 async def rollback(
@@ -26,12 +34,19 @@ async def rollback(
     to: str | None = None,
     trigger: str,
     listeners: list[Listener] | None = None,
+    expect_active: int | None | _AnyActive = ANY_ACTIVE,
 ) -> Deployment:
-    """Return the deployment made live. Raises LockHeld, NothingToRollBack or StageFailed."""
+    """Return the deployment made live. Raises LockHeld, NothingToRollBack or StageFailed,
+    and LiveReleaseChanged when `expect_active` (the id of the deployment the rollback was
+    decided against, None for nothing live) is not the live one once the lock is held."""
     project = engine.settings.project(project_name)
     deployments = engine.store.deployments
     async with engine.locks.hold(project.name, f"rollback by {trigger}"):
         active = await deployments.active(project.name)
+        if not isinstance(expect_active, _AnyActive) and expect_active != (
+            active.id if active else None
+        ):
+            raise LiveReleaseChanged(project.name, f"v{active.version}" if active else "none")
         target = await choose_target(engine, project.name, active, to)
         journal = engine.journal(target, listeners)
         source = f"v{active.version}" if active else "no live release"

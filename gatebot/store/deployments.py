@@ -134,6 +134,15 @@ class Deployments:
         )
         return [Deployment.from_row(r) for r in rows]
 
+    async def once_live_with_commit(self, project: str, sha: str) -> Deployment | None:
+        """The newest release of commit `sha` that was live once and is not live now."""
+        row = await self.db.fetchone(
+            "SELECT * FROM deployments WHERE project = ? AND commit_sha = ?"
+            " AND status = 'ROLLED_BACK' ORDER BY version DESC LIMIT 1",
+            (project, sha),
+        )
+        return Deployment.from_row(row) if row else None
+
     async def steps(self, deployment_id: int, *, after_id: int = 0) -> list[Step]:
         rows = await self.db.fetchall(
             "SELECT * FROM deployment_steps WHERE deployment_id = ? AND id > ? ORDER BY id",

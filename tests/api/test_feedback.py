@@ -450,7 +450,9 @@ async def test_a_comment_decided_against_a_live_release_that_changed_is_refused(
         client, "commit_comment", comment_payload(repo, shas[-1], "/rollback", "alice")
     )
     jobs = await client.app[ENGINE].store.jobs.recent()
-    assert (jobs[0].kind, jobs[0].target) == ("rollback", "2"), "decided when it arrived"
+    live = await client.app[ENGINE].store.deployments.active(setup.name)
+    assert live is not None and live.version == 3
+    assert (jobs[0].kind, jobs[0].origin.expect_active) == ("rollback", live.id), "decided then"
     queue.paused = False
     queue.wake()
     await settle(client)

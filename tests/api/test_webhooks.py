@@ -7,7 +7,6 @@ import itertools
 import json
 import urllib.parse
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -340,45 +339,3 @@ async def test_a_replayed_body_under_a_new_delivery_id_is_a_duplicate(
     assert first.status == 202
     assert replay.status == 200 and (await replay.json())["duplicate"] is True
     assert len(await job_rows(client)) == 1
-
-
-def test_a_projects_own_secret_acts_for_that_project_only(tmp_path: Path) -> None:
-    from gatebot.api.webhooks import candidate_secrets, plan_push, verify_with_any
-    from gatebot.events import Push
-    from gatebot.forges.github.sansio import verify_signature
-    from gatebot.settings import parse_settings
-
-    def project(name: str, port: int, **extra: Any) -> dict[str, Any]:
-        return {
-            "name": name,
-            "repo": "https://github.com/acme/shop.git",
-            "base_port": port,
-            **extra,
-        }
-
-    settings = parse_settings(
-        {
-            "github": {"webhook_secret": "forge-wide-secret"},
-            "projects": [project("own", 3100, webhook_secret="own-secret"), project("wide", 3102)],
-        },
-        source=tmp_path / "g.toml",
-    )
-    secrets = candidate_secrets(settings, "github", "acme/shop", "forge-wide-secret")
-    assert secrets == {"own-secret": {"own"}, "forge-wide-secret": {"wide"}}
-    body = b'{"x": 1}'
-    allowed = verify_with_any(
-        secrets, lambda s: verify_signature(body, github_signature(body, "forge-wide-secret"), s)
-    )
-    push = Push(
-        forge="github",
-        repo="acme/shop",
-        ref="refs/heads/main",
-        branch="main",
-        sha="6" * 40,
-        before="0" * 40,
-        deleted=False,
-        pusher="p",
-        delivery_id="d",
-    )
-    jobs, _ = plan_push(settings, push, allowed)
-    assert [j.project for j in jobs] == ["wide"], "the forge-wide secret cannot deploy 'own'"

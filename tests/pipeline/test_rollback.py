@@ -5,7 +5,7 @@ from __future__ import annotations
 import docker
 import pytest
 
-from gatebot.errors import NothingToRollBack, StageFailed
+from gatebot.errors import LiveReleaseChanged, NothingToRollBack, StageFailed
 from gatebot.model import Status
 from gatebot.pipeline.deploy import deploy
 from gatebot.pipeline.engine import Engine
@@ -110,3 +110,17 @@ async def test_images_beyond_keep_releases_are_pruned(
     images = await engine.runtime.images(f"gatebot/{setup.name}")
     history = await engine.store.deployments.history(setup.name)
     assert sorted(images) == sorted([by_hand, *(d.image for d in history[:2] if d.image)])
+
+
+async def test_a_rollback_decided_against_another_live_release_is_refused_under_the_lock(
+    engine: Engine, setup: Setup, docker_client: docker.DockerClient
+) -> None:
+    # The comment was decided while v1 was live; v2 went live before the job took the lock.
+    v1, v2 = await deploy_versions(engine, setup, 2)
+    with pytest.raises(LiveReleaseChanged, match="now v2"):
+        await rollback(engine, setup.name, trigger="test", expect_active=v1)
+    assert (await engine.store.deployments.require(v2)).status is Status.ACTIVE
+    assert await live_version(setup) == "v2"
+    assert len(container_names(docker_client, setup.name)) == 1, "nothing was started"
+    back = await rollback(engine, setup.name, trigger="test", expect_active=v2)
+    assert back.id == v1

@@ -1,8 +1,8 @@
 """GitHub webhooks without I/O: check the signature, decode the body, map the event.
 
 Raw body bytes and headers go in, a `gatebot.events` event comes out; reading the request and
-answering it is the web handler's job. The order there is: `peek_repository` (only to choose
-which secret to use), `verify_signature` over the raw bytes, then `decode_body` and
+answering it is the web handler's job. The order there is: `peek_repository` (only to order
+the secrets to try), `verify_signature` over the raw bytes, then `decode_body` and
 `parse_event`. Every refusal is a `WebhookRejected` carrying the HTTP status to answer with.
 
 Note that GitHub signs only the body: the ``X-GitHub-Event`` and ``X-GitHub-Delivery`` headers
@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote_plus
 
 from gatebot.events import CommentCommand, Event, Ignored, Ping, Push, is_zero_sha
 from gatebot.forges import (
     header,
     load_json_object,
-    lookup,
     media_type,
     optional_bool,
     optional_int,
@@ -76,18 +76,28 @@ def decode_body(content_type: str | None, body: bytes) -> dict[str, Any]:
     raise WebhookRejected.unsupported_media_type(f"{_JSON} or {_FORM}")
 
 
-def peek_repository(content_type: str | None, body: bytes) -> str | None:
-    """``repository.full_name`` from a body not yet verified, or None; never raises.
+PEEK_BYTES = 64 * 1024  # how much of an unverified body `peek_repository` looks at
+_REPOSITORY = re.compile(
+    r'"repository"\s*:\s*\{[^{}]*?"full_name"\s*:\s*"([^"\\\x00-\x1f]{1,255})"'
+)
 
-    Use it only to choose the secret to verify with: nothing in the body is true until
+
+def peek_repository(content_type: str | None, body: bytes) -> str | None:
+    """``repository.full_name`` from the first PEEK_BYTES of a body not yet verified, or None;
+    never raises, and never parses the body: a large unsigned body costs no more than a small
+    one (the search is linear and bounded).
+
+    Use it only to order the secrets to verify with: nothing in the body is true until
     `verify_signature` has passed.
     """
-    try:
-        payload = decode_body(content_type, body)
-    except WebhookRejected:
+    kind = media_type(content_type)
+    if kind not in (_JSON, _FORM):
         return None
-    name = lookup(payload, "repository.full_name")
-    return name if isinstance(name, str) and name else None
+    prefix = body[:PEEK_BYTES].decode("utf-8", "replace")
+    if kind == _FORM:
+        prefix = unquote_plus(prefix)
+    found = _REPOSITORY.search(prefix)
+    return found.group(1) if found else None
 
 
 def parse_event(headers: Mapping[str, str], payload: Mapping[str, Any]) -> Event:
