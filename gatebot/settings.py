@@ -61,6 +61,9 @@ class ServerSettings(_Model):
     max_body_bytes: int = Field(25 * 1024 * 1024, ge=1024)  # larger webhook bodies get 413
     public_pages: bool = False  # deployment pages readable without a token
     log_format: Literal["text", "json"] = "text"  # json: one object per line
+    # How long a webhook waits for its delivery to be committed (a locked or full database)
+    # before answering 503 with Retry-After; forges give up on an answer after about 10 s.
+    record_timeout: float = Field(5.0, gt=0, le=60)
 
     @field_validator("listen")
     @classmethod

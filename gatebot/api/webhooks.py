@@ -10,6 +10,7 @@ pure `gatebot.intake` over what the database says; this module only does the I/O
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -17,7 +18,9 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from gatebot.api.errors import ApiError
 from gatebot.api.keys import ENGINE, FEEDBACK, QUEUE, SETTINGS
+from gatebot.errors import GatebotError
 from gatebot.events import CommentCommand, Event, Ignored, Ping, Push
 from gatebot.forges.errors import WebhookRejected
 from gatebot.forges.github import sansio as github
@@ -34,9 +37,10 @@ from gatebot.intake import (
     read_comment,
 )
 from gatebot.store.deployments import Deployments
-from gatebot.store.jobs import DuplicateDelivery
+from gatebot.store.jobs import DuplicateDelivery, Job
 
 log = logging.getLogger("gatebot.webhooks")
+RETRY_AFTER_SECONDS = 30  # what a 503 asks the forge to wait before sending again
 routes = web.RouteTableDef()
 
 
@@ -169,13 +173,31 @@ async def accept(
         reason = "the command cannot run; the commenter is answered if allowed to deploy"
     extra = {"delivery": event.delivery_id}
     digest = hashlib.sha256(body).hexdigest()
-    try:
-        created = await request.app[QUEUE].submit(
+    # The write goes on if the answer cannot wait for it (shielded): when it lands, the queue
+    # is woken and hears of the jobs as usual, and the forge's redelivery is a duplicate.
+    recording = asyncio.ensure_future(
+        request.app[QUEUE].submit(
             jobs, delivery=(event.forge, event.delivery_id, name, digest), supersede=True
         )
+    )
+    try:
+        created = await asyncio.wait_for(asyncio.shield(recording), settings.server.record_timeout)
     except DuplicateDelivery as duplicate:
         log.info("%s delivery %s: %s", event.forge, event.delivery_id, duplicate, extra=extra)
         return web.json_response({"duplicate": True, "delivery": event.delivery_id})
+    except (TimeoutError, GatebotError) as exc:
+        if isinstance(exc, TimeoutError):
+            what = f"not committed within {settings.server.record_timeout:g}s"
+            recording.add_done_callback(_log_late_recording)
+        else:
+            what = str(exc)
+        log.error("%s delivery %s: %s", event.forge, event.delivery_id, what, extra=extra)
+        raise ApiError(
+            503,
+            "the delivery could not be recorded now (the database is busy or full); "
+            "send it again later",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        ) from None
     if isinstance(event, CommentCommand) and intake.project is not None:
         answer_comment(request, event, intake, permitted)
     if isinstance(event, Ping):
@@ -194,6 +216,16 @@ async def accept(
         {"queued": [{"job": j.id, "project": j.project, "sha": j.sha} for j in created]},
         status=202,
     )
+
+
+def _log_late_recording(task: asyncio.Future[list[Job]]) -> None:
+    if task.cancelled():
+        return
+    problem = task.exception()
+    if problem is None:
+        log.info("a delivery answered 503 was recorded after all; its redelivery is a duplicate")
+    elif not isinstance(problem, DuplicateDelivery):
+        log.error("a delivery answered 503 was never recorded: %s", problem)
 
 
 def answer_comment(

@@ -28,9 +28,11 @@ Client = TestClient[Any, Any]
 REPO = "acme/shop"
 
 
-def settings_without_docker(tmp_path: Path, api_url: str, **project: Any) -> Settings:
+def settings_without_docker(
+    tmp_path: Path, api_url: str, server: dict[str, Any] | None = None, **project: Any
+) -> Settings:
     raw = {
-        "server": {"data_dir": str(tmp_path / "data")},
+        "server": {"data_dir": str(tmp_path / "data"), **(server or {})},
         "docker": {"host": f"unix://{tmp_path}/no-docker-here.sock"},
         "nginx": {
             "conf_dir": str(tmp_path / "nginx"),
@@ -166,3 +168,46 @@ def test_a_bounded_peek_finds_the_repository_only_near_the_start() -> None:
     far = b'{"pad": "' + b"x" * github_sansio.PEEK_BYTES + b'", "repository": {"full_name": "a/b"}}'
     assert github_sansio.peek_repository("application/json", near) == "acme/shop"
     assert github_sansio.peek_repository("application/json", far) is None
+
+
+async def test_a_locked_database_gets_503_with_retry_after_within_the_limit_and_loses_nothing(
+    aiohttp_client: Any, tmp_path: Path, fake_github: tuple[FakeGitHub, str]
+) -> None:
+    import asyncio
+    import sqlite3
+    import time
+
+    from tests.deliveries import github_push_payload
+
+    _fake, url = fake_github
+    settings = settings_without_docker(tmp_path, url, server={"record_timeout": 1.0})
+    client: Client = await aiohttp_client(create_app(settings))
+    body = json.dumps(github_push_payload(REPO, "7" * 40)).encode()
+    headers = {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": "push",
+        "X-GitHub-Delivery": "during-the-lock",
+        "X-Hub-Signature-256": github_signature(body),
+    }
+    holder = sqlite3.connect(tmp_path / "data" / "gatebot.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        started = time.monotonic()
+        response = await client.post("/webhooks/github", data=body, headers=headers)
+        waited = time.monotonic() - started
+        assert response.status == 503, await response.text()
+        assert response.headers["Retry-After"] == "30"
+        assert (await response.json())["error"] == "unavailable"
+        assert waited < 5, "answered well before the forge gives up (10 s)"
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    again = await client.post("/webhooks/github", data=body, headers=headers)  # the redelivery
+    assert again.status in (200, 202)
+    for _ in range(100):
+        jobs = await client.app[ENGINE].store.jobs.recent()
+        if jobs:
+            break
+        await asyncio.sleep(0.05)
+    assert [(j.sha, j.delivery_id) for j in jobs] == [("7" * 40, "during-the-lock")]
+
