@@ -22,13 +22,13 @@ from gatebot.api.errors import error_middleware
 from gatebot.api.keys import ENGINE, FEEDBACK, QUEUE, SECRETS, SETTINGS
 from gatebot.errors import GatebotError, RuntimeUnavailable
 from gatebot.feedback import ForgeFeedback, comment_runner
-from gatebot.logs import secrets_of
 from gatebot.metrics import METRICS, Metrics, MetricsObserver, counted, webhook_metrics
 from gatebot.metrics import routes as metrics_routes
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.jobs import run_job
 from gatebot.pipeline.reconcile import reconcile
 from gatebot.queue import JobObserver, JobQueue
+from gatebot.redact import secrets_of
 from gatebot.settings import Settings
 from gatebot.wiring import open_engine, open_forges
 

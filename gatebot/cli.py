@@ -16,9 +16,10 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from gatebot.errors import ConfigError, GatebotError, LockHeld, UnknownProject
-from gatebot.logs import configure_logging, secrets_of
+from gatebot.logs import configure_logging
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.journal import JournalEvent
+from gatebot.redact import secrets_of
 from gatebot.settings import Settings, config_path, load_settings
 from gatebot.store.deployments import Deployment
 

@@ -43,11 +43,11 @@ from gatebot.forges.base import (
     RepoRef,
     StatusTarget,
 )
-from gatebot.logs import redact, secrets_of
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.journal import JournalEvent, Listener
 from gatebot.pipeline.status import Status
 from gatebot.queue import JobRunner
+from gatebot.redact import redact, secrets_of
 from gatebot.settings import ProjectSettings, Settings
 from gatebot.store.deployments import Deployment
 from gatebot.store.jobs import Job, NewJob

@@ -15,14 +15,9 @@ from pathlib import Path
 import git
 
 from gatebot.errors import SourceError
+from gatebot.redact import redact_url
 
-_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]{0,31}://)[^/@\s]{1,512}@")
 _SHA = re.compile(r"^[0-9a-fA-F]{7,64}$")
-
-
-def redact_url(text: str) -> str:
-    """Hide ``user:password@`` in every URL inside `text`."""
-    return _CREDENTIALS.sub(r"\g<scheme>***@", text)
 
 
 @dataclass(frozen=True)

@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from gatebot.api.views import deployment_view, step_view, stream_finished
-from gatebot.logs import redact
 from gatebot.pipeline.engine import Engine
+from gatebot.redact import redact
 from gatebot.store.deployments import Deployment
 from gatebot.store.jobs import RUNNING
 
@@ -68,7 +69,7 @@ def _character_boundary(data: bytes) -> int:
     return len(data)
 
 
-async def log_text(engine: Engine, d: Deployment, secrets: list[str]) -> str:
+async def log_text(engine: Engine, d: Deployment, secrets: Sequence[str]) -> str:
     """The whole log, redacted; rebuilt from the step rows when the file is missing."""
     try:
         text = engine.log_path(d.id).read_text(encoding="utf-8", errors="replace")
@@ -112,7 +113,7 @@ async def follow(
     request: web.Request,
     engine: Engine,
     deployment_id: int,
-    secrets: list[str],
+    secrets: Sequence[str],
     *,
     resume: str | None = None,
 ) -> web.StreamResponse:

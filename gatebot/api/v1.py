@@ -185,7 +185,7 @@ async def find_job(engine: Engine, job_id: int) -> Job:
     return found
 
 
-def secrets(request: web.Request) -> list[str]:
+def secrets(request: web.Request) -> tuple[str, ...]:
     return request.app[SECRETS]
 
 

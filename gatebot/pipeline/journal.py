@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gatebot.errors import GatebotError, StageFailed
+from gatebot.redact import redact_url
 from gatebot.store.db import utcnow
 from gatebot.store.deployments import Deployments
-from gatebot.vcs import redact_url
 
 log = logging.getLogger("gatebot.pipeline")
 
