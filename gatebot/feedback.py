@@ -214,10 +214,9 @@ class ForgeFeedback:
 
 
 def public_reason(text: str, limit: int = 200) -> str:
-    """What a failure may say in public (a status, a comment): its first line, without the
-    container's log lines, which may hold anything the app printed."""
+    """What a failure may say in public (a status, a comment): its first line, shortened.
+    A failed container's log lines never reach it: they travel in `StageFailed.logs`."""
     first = text.strip().splitlines()[0] if text.strip() else "failed"
-    first = first.split("; last log lines:")[0].split("; it wrote no log lines")[0]
     return first if len(first) <= limit else first[: limit - 1] + "…"
 
 

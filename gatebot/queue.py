@@ -20,6 +20,7 @@ from typing import Protocol, TypeVar
 from gatebot.errors import GatebotError, LockHeld
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.journal import JournalEvent, Listener
+from gatebot.redact import redact, secrets_of
 from gatebot.settings import QueueSettings
 from gatebot.store.deployments import Deployment
 from gatebot.store.jobs import FAILED, SUCCEEDED, Job, NewJob
@@ -229,7 +230,7 @@ class JobQueue:
                 await self._record(job, "put back in the queue", self.engine.store.jobs.release)
                 return
             except GatebotError as problem:  # StageFailed included
-                state, error = FAILED, str(problem)
+                state, error = FAILED, redact(str(problem), secrets_of(self.engine.settings))
             except Exception as exc:
                 log.exception("job %s failed unexpectedly", job.id, extra=extra)
                 state, error = FAILED, f"internal error: {type(exc).__name__}"

@@ -158,7 +158,7 @@ class SiteSettings(_Model):
     @classmethod
     def _nginx_safe(cls, value: str) -> str:
         for word in value.split():
-            if not _NGINX_TOKEN.match(word) or word.endswith("\\"):
+            if not _NGINX_TOKEN.fullmatch(word) or word.endswith("\\"):
                 raise ValueError(f"{word!r} is not allowed in an nginx directive")
         if not value.strip():
             raise ValueError("must not be empty")
@@ -191,7 +191,7 @@ class ProjectSettings(_Model):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not PROJECT_NAME.match(value):
+        if not PROJECT_NAME.fullmatch(value):
             raise ValueError(
                 "must match ^[a-z0-9][a-z0-9-]{0,39}$ (lower-case letters, digits, dashes)"
             )
@@ -215,7 +215,7 @@ class ProjectSettings(_Model):
     @classmethod
     def _env_keys(cls, value: dict[str, str]) -> dict[str, str]:
         for key in value:
-            if not _ENV_KEY.match(key):
+            if not _ENV_KEY.fullmatch(key):
                 raise ValueError(f"{key!r} is not a valid variable name")
         return value
 
@@ -373,7 +373,7 @@ def read_env_file(path: Path, source: Path, project: str) -> dict[str, str]:
             continue
         key, sep, value = line.removeprefix("export ").partition("=")
         key = key.strip()
-        if not sep or not _ENV_KEY.match(key):
+        if not sep or not _ENV_KEY.fullmatch(key):
             raise ConfigError(f"{where}: {path} line {number}: expected KEY=VALUE")
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":

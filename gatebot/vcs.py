@@ -36,7 +36,7 @@ class GitSource:
 
     async def checkout(self, project: str, url: str, branch: str, sha: str | None) -> Checkout:
         """Bring the project's working copy to `sha` (or the head of `branch`)."""
-        if sha is not None and not _SHA.match(sha):
+        if sha is not None and not _SHA.fullmatch(sha):
             raise SourceError(f"{sha!r} is not a commit SHA (7 to 64 hex digits)")
         return await asyncio.to_thread(self._checkout, project, url, branch, sha)
 

@@ -79,7 +79,7 @@ def string_field(
         return None
     if not isinstance(value, str) or not value.strip():
         raise ApiError(400, f"{name} must be a non-empty string")
-    if pattern is not None and not pattern.match(value):
+    if pattern is not None and not pattern.fullmatch(value):
         raise ApiError(400, f"{name} {value[:80]!r} is not valid")
     return value
 

@@ -153,7 +153,7 @@ def repo_from_url(url: str) -> str | None:
         if scheme != "file" and not parts.hostname:
             return None
     else:
-        match = _SCP_LIKE.match(url)
+        match = _SCP_LIKE.fullmatch(url)
         if match is None:
             return None
         scheme, path = "scp", match.group("path")
