@@ -11,7 +11,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -61,6 +61,8 @@ class ServerSettings(_Model):
     max_body_bytes: int = Field(25 * 1024 * 1024, ge=1024)  # larger webhook bodies get 413
     public_pages: bool = False  # deployment pages readable without a token
     log_format: Literal["text", "json"] = "text"  # json: one object per line
+    body_timeout: float = Field(30.0, gt=0)  # a request body must arrive within this many s
+    deliveries_keep_days: float = Field(7.0, gt=0)  # webhook delivery ids kept for de-dup
 
     @field_validator("listen")
     @classmethod
@@ -172,8 +174,9 @@ class ProjectSettings(_Model):
     base_port: int = Field(ge=1, le=65534)
     container_port: int = Field(3000, ge=1, le=65535)
     network: Literal["bridge", "host"] = "bridge"
-    dockerfile: str = "Dockerfile"
-    context: str = "."
+    dockerfile: str = "Dockerfile"  # relative to `context`
+    context: str = "."  # relative to the repository's root; both must stay inside it
+    build_include_git: bool = False  # send the checkout's .git in the build context
     build_args: dict[str, str] = Field(default_factory=dict)
     env: dict[str, EnvValue] = Field(default_factory=dict)
     env_file: Path | None = None
@@ -210,6 +213,33 @@ class ProjectSettings(_Model):
         if not value or value.startswith("-") or any(c.isspace() for c in value) or ".." in value:
             raise ValueError("is not a valid branch name")
         return value
+
+    @field_validator("context", "dockerfile")
+    @classmethod
+    def _not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("context")
+    @classmethod
+    def _inside_checkout(cls, value: str) -> str:
+        if not inside_checkout(value):
+            raise ValueError(
+                f"{value[:200]!r} is outside the checkout: give a path relative to the "
+                "repository's root, without leading / or .. that climbs out of it"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _dockerfile_inside_checkout(self) -> ProjectSettings:
+        # Docker reads the Dockerfile relative to the context.
+        if not inside_checkout(str(PurePosixPath(self.context) / self.dockerfile)):
+            raise ValueError(
+                f"dockerfile: {self.dockerfile[:200]!r} (relative to context "
+                f"{self.context[:200]!r}) is outside the checkout"
+            )
+        return self
 
     @field_validator("env", "build_args")
     @classmethod
@@ -334,6 +364,22 @@ def parse_settings(
     resolved._source = source
     resolved._project_env = project_env
     return resolved
+
+
+def inside_checkout(path: str) -> bool:
+    """Whether a relative path (``.``, ``app``, ``docker/Dockerfile``) stays inside the folder it
+    is relative to, judged by its text alone; symbolic links are checked at build time."""
+    if "\x00" in path or PurePosixPath(path).is_absolute():
+        return False
+    depth = 0
+    for part in PurePosixPath(path).parts:
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return False
+        elif part != ".":
+            depth += 1
+    return True
 
 
 def _relative(base: Path, path: Path) -> Path:
