@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from gatebot.errors import ConfigError
+from gatebot.numbers import parse_count
 
 CONFIG_ENV = "GATEBOT_CONFIG"
 PROJECT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
@@ -68,7 +69,8 @@ class ServerSettings(_Model):
     @classmethod
     def _host_port(cls, value: str) -> str:
         host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        number = parse_count(port, high=65535)
+        if not sep or not host or not number:
             raise ValueError("must be HOST:PORT, for example 127.0.0.1:8088")
         return value
 

@@ -110,9 +110,7 @@ class GitSource:
             return Checkout(path=path, sha=commit.hexsha, message=message)
         except git.GitCommandError as exc:
             detail = redact_url(_stderr(exc))
-            raise SourceError(
-                f"git {_subcommand(exc.command)} failed: {detail}"
-            ) from None
+            raise SourceError(f"git {_subcommand(exc.command)} failed: {detail}") from None
 
     def _open_or_init(self, path: Path, url: str) -> git.Repo:
         """The working copy at `path` with `url` (no credentials) as its origin; a new, empty

@@ -22,6 +22,7 @@ from gatebot.api.auth import COOKIE, authenticate, check_token
 from gatebot.api.errors import ApiError
 from gatebot.api.keys import ENGINE, SECRETS, SETTINGS
 from gatebot.api.openapi import MAX_ID
+from gatebot.numbers import parse_count
 from gatebot.pipeline.engine import Engine
 from gatebot.redact import redact
 from gatebot.store.deployments import Deployment, Step
@@ -210,8 +211,8 @@ def _secrets(request: web.Request) -> tuple[str, ...]:
 
 
 def _deployment_id(request: web.Request) -> int:
-    value = int(request.match_info["id"])
-    return value if value <= MAX_ID else 0
+    value = parse_count(request.match_info["id"], high=MAX_ID)
+    return value if value is not None else 0
 
 
 def _read_log(engine: Engine, d: Deployment) -> tuple[list[str], int]:

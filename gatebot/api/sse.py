@@ -24,6 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from gatebot.api.views import deployment_view, step_view, stream_finished
+from gatebot.numbers import parse_count
 from gatebot.pipeline.engine import Engine
 from gatebot.redact import redact
 from gatebot.store.deployments import Deployment
@@ -90,9 +91,10 @@ def event(name: str, data: str, event_id: str | None = None) -> bytes:
 def parse_last_event_id(value: str | None) -> tuple[int, int]:
     """(step id, log offset) from a Last-Event-ID header; (0, 0) when absent or malformed."""
     step, _, offset = (value or "").partition(".")
-    if step.isdigit() and offset.isdigit():
-        return int(step), int(offset)
-    return 0, 0
+    step_id, position = parse_count(step), parse_count(offset)
+    if step_id is None or position is None:
+        return 0, 0
+    return step_id, position
 
 
 async def is_finished(engine: Engine, d: Deployment) -> bool:

@@ -25,6 +25,7 @@ from gatebot.api.keys import ENGINE, QUEUE, SECRETS, SETTINGS
 from gatebot.api.openapi import MAX_ID, SPEC
 from gatebot.api.views import busy_view, deployment_view, job_view, project_view, step_view
 from gatebot.errors import NothingToRollBack, RuntimeUnavailable, UnknownProject
+from gatebot.numbers import parse_count
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.rollback import choose_target
 from gatebot.pipeline.status import Status
@@ -96,17 +97,19 @@ def paging(request: web.Request) -> tuple[int, int]:
         raw = request.query.get(name)
         if raw is None:
             return default
-        if not raw.isdigit() or not low <= int(raw) <= high:
+        value = parse_count(raw, high=high)
+        if value is None or value < low:
             raise ApiError(400, f"{name} must be a whole number from {low} to {high}")
-        return int(raw)
+        return value
 
     return number("limit", DEFAULT_LIMIT, 1, MAX_LIMIT), number("offset", 0, 0, 10**9)
 
 
 def path_id(request: web.Request, what: str) -> int:
-    value = int(request.match_info["id"])
-    if value > MAX_ID:
-        raise ApiError(404, f"{what} {value} does not exist")
+    raw = request.match_info["id"]
+    value = parse_count(raw, high=MAX_ID)
+    if value is None:
+        raise ApiError(404, f"{what} {raw[:20]}{'…' if len(raw) > 20 else ''} does not exist")
     return value
 
 
