@@ -140,7 +140,9 @@ class Tokens:
             else None
         )
         stored = str(row["hash"]) if row is not None else _DUMMY_HASH
-        matches = hmac.compare_digest(stored, hash_token(presented))
+        # Only a well-formed token (ASCII, by its pattern) is hashed: a header with bytes that
+        # are not UTF-8 arrives with lone surrogates, which cannot be encoded.
+        matches = hmac.compare_digest(stored, hash_token(presented if match else PREFIX))
         if row is None or not matches:
             return None
         token = Token.from_row(row)
