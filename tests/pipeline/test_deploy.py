@@ -165,8 +165,14 @@ async def test_secrets_an_app_logs_are_redacted_before_they_are_stored(
     log_file = engine.log_path(failed.id)
     assert "DB_PASSWORD=***" in log_file.read_text() and secret not in log_file.read_text()
     assert log_file.stat().st_mode & 0o777 == 0o600
-    for stored in engine.settings.server.data_dir.glob("gatebot.db*"):  # the WAL included
+    data_dir = engine.settings.server.data_dir
+    for stored in data_dir.glob("gatebot.db*"):  # the WAL included
         assert secret.encode() not in stored.read_bytes()
+    for path in [data_dir, *data_dir.iterdir(), *(data_dir / "logs").iterdir()]:
+        if path.is_dir():
+            assert path.stat().st_mode & 0o777 == 0o700, path
+        else:
+            assert path.stat().st_mode & 0o777 == 0o600, path
 
 
 async def test_nginx_test_failure_restores_the_previous_file(engine: Engine, setup: Setup) -> None:

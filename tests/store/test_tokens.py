@@ -43,3 +43,4 @@ async def test_a_token_name_with_a_trailing_newline_is_refused(store: Store) -> 
 
     with pytest.raises(TokenError, match="not a valid token name"):
         await store.tokens.create("ci\n", "read")
+
