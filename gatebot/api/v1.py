@@ -48,11 +48,9 @@ async def read_object(request: web.Request, *, required: bool) -> dict[str, Any]
     """The JSON object in the body ({} for none when not `required`); 400 or 413 otherwise."""
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise ApiError(413, f"the body is over {MAX_BODY} bytes")
-    body = b""
-    while chunk := await request.content.read(MAX_BODY + 1 - len(body)):
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise ApiError(413, f"the body is over {MAX_BODY} bytes")
+    body = await request.read()  # read (within [server] body_timeout) by api.errors.body_reader
+    if len(body) > MAX_BODY:
+        raise ApiError(413, f"the body is over {MAX_BODY} bytes")
     if not body.strip():
         if required:
             raise ApiError(400, "a JSON object is needed in the body")

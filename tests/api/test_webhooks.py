@@ -434,3 +434,27 @@ async def test_a_lone_surrogate_in_a_signed_payload_is_a_400(
     response = await post_github(client, "push", body.encode())
     assert response.status == 400
     assert "sender.login is not valid Unicode text" in (await response.json())["message"]
+
+
+async def test_deliveries_older_than_the_window_are_forgotten_at_start(
+    start_server: ClientFactory, setup: Setup
+) -> None:
+    import asyncio
+
+    from gatebot.store import Store
+
+    store = await Store.open(setup.data_dir / "gatebot.db")
+    await store.jobs.enqueue([], delivery=("github", "old", "push", "digest-old"))
+    await store.jobs.enqueue([], delivery=("github", "new", "push", "digest-new"))
+    await store.db.execute(
+        "UPDATE deliveries SET received_at = '2000-01-01T00:00:00.000+00:00'"
+        " WHERE delivery_id = 'old'"
+    )
+    await store.close()
+    client = await start_server(queue={"paused": True}, server={"deliveries_keep_days": 7})
+    deliveries = client.app[ENGINE].store.deliveries
+    for _ in range(100):
+        if await deliveries.count() == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert await deliveries.count() == 1
