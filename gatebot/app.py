@@ -14,22 +14,23 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 
 from aiohttp import web
 
 from gatebot.api import pages, probes, v1, webhooks
-from gatebot.api.errors import error_middleware
+from gatebot.api.errors import body_reader, error_middleware
 from gatebot.api.keys import ENGINE, FEEDBACK, QUEUE, SECRETS, SETTINGS
 from gatebot.errors import GatebotError, RuntimeUnavailable
 from gatebot.feedback import Feedback
 from gatebot.feedback.comments import comment_runner
-from gatebot.logs import secrets_of
 from gatebot.metrics import METRICS, Metrics, MetricsObserver, counted, webhook_metrics
 from gatebot.metrics import routes as metrics_routes
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.jobs import run_job
 from gatebot.pipeline.reconcile import reconcile
 from gatebot.queue import JobObserver, JobQueue
+from gatebot.redact import secrets_of
 from gatebot.settings import Settings
 from gatebot.wiring import open_engine, open_forges
 
@@ -37,12 +38,13 @@ log = logging.getLogger("gatebot.app")
 
 ObserverFactory = Callable[[Settings, Engine], list[JobObserver]]
 STARTUP_RETRY_SECONDS = 5.0
+PRUNE_EVERY_SECONDS = 3600.0
 
 
 def create_app(settings: Settings, *, observers: ObserverFactory | None = None) -> web.Application:
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
-        middlewares=[webhook_metrics, error_middleware],
+        middlewares=[webhook_metrics, error_middleware, body_reader],
     )
     metrics = Metrics()
     app[SETTINGS] = settings
@@ -74,11 +76,13 @@ def create_app(settings: Settings, *, observers: ObserverFactory | None = None) 
             starter: asyncio.Task[None] | None = None
             if not await start_work(engine, queue):
                 starter = asyncio.create_task(retry_start(engine, queue))
+            pruner = asyncio.create_task(prune_deliveries(engine, settings))
             yield
-            if starter is not None:
-                starter.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await starter
+            for task in (starter, pruner):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             await queue.stop()
             await feedback.close()
 
@@ -122,6 +126,20 @@ async def _start_work(engine: Engine, queue: JobQueue) -> None:
             extra={"project": job.project, "job": job.id},
         )
     await queue.start()
+
+
+async def prune_deliveries(engine: Engine, settings: Settings) -> None:
+    """Forget webhook deliveries older than [server] deliveries_keep_days, at start and then
+    every PRUNE_EVERY_SECONDS (one DELETE an hour is cheap; one per request is not)."""
+    keep = timedelta(days=settings.server.deliveries_keep_days)
+    while True:
+        try:
+            removed = await engine.store.deliveries.prune(keep)
+            if removed:
+                log.info("forgot %d webhook deliveries older than %s", removed, keep)
+        except Exception as exc:  # a locked or full database: try again at the next round
+            log.warning("could not prune old webhook deliveries: %s", exc)
+        await asyncio.sleep(PRUNE_EVERY_SECONDS)
 
 
 async def retry_start(engine: Engine, queue: JobQueue) -> None:

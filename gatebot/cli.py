@@ -2,6 +2,10 @@
 
 Exit codes: 0 success; 1 the operation failed (deploy, rollback, engine or nginx trouble);
 2 bad configuration, unknown project or bad usage; 3 the project is busy (locked).
+
+Every line the CLI writes goes through one `Console`, which redacts it with the
+configuration's secrets the way the API and the pages are redacted; the only exception is the
+new token `token create` prints, once, on purpose.
 """
 
 from __future__ import annotations
@@ -15,14 +19,46 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from gatebot.errors import ConfigError, GatebotError, LockHeld, UnknownProject
-from gatebot.logs import configure_logging, secrets_of
+from gatebot.errors import ConfigError, GatebotError, LockHeld, StageFailed, UnknownProject
+from gatebot.logs import configure_logging
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.journal import JournalEvent
+from gatebot.redact import redact, secrets_of
 from gatebot.settings import Settings, config_path, load_settings
 from gatebot.store.deployments import Deployment
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
+
+
+class Console:
+    """Where the CLI writes: every line redacted with `secrets` (and API tokens and URL
+    credentials) before it reaches stdout or stderr."""
+
+    def __init__(
+        self, secrets: Sequence[str] = (), out: TextIO | None = None, err: TextIO | None = None
+    ) -> None:
+        self.secrets = tuple(secrets)
+        self._out = out
+        self._err = err
+
+    def _stream(self, err: bool) -> TextIO:
+        if err:
+            return self._err or sys.stderr
+        return self._out or sys.stdout
+
+    def say(self, text: str = "", *, err: bool = False) -> None:
+        stream = self._stream(err)
+        stream.write(redact(text, self.secrets) + "\n")
+        stream.flush()
+
+    def json(self, data: Any) -> None:
+        self.say(json.dumps(data, indent=2))
+
+    def reveal(self, text: str) -> None:
+        """Write `text` unredacted: only for a new API token, shown once on purpose."""
+        stream = self._stream(False)
+        stream.write(text + "\n")
+        stream.flush()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,27 +115,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.INFO if args.verbose else logging.WARNING
     configure_logging("text", level)
+    console = Console()  # until the configuration is read: tokens and URL credentials only
     try:
         settings = load_settings(config_path(args.config))
-        configure_logging(settings.server.log_format, level, secrets=secrets_of(settings))
+        console = Console(secrets_of(settings))
+        configure_logging(settings.server.log_format, level, secrets=console.secrets)
         if args.command == "check-config":
-            return check_config(settings, sys.stdout)
+            return check_config(settings, console)
         if args.command == "serve":
             return serve(settings, verbose=args.verbose)
         if args.command == "token":
-            return asyncio.run(cmd_token(settings, args, sys.stdout))
-        return asyncio.run(run_command(settings, args, sys.stdout))
+            return asyncio.run(cmd_token(settings, args, console))
+        return asyncio.run(run_command(settings, args, console))
     except (ConfigError, UnknownProject) as exc:
-        print(f"gatebot: {exc}", file=sys.stderr)
+        console.say(f"gatebot: {exc}", err=True)
         return EXIT_USAGE
     except LockHeld as exc:
-        print(f"gatebot: {exc}", file=sys.stderr)
+        console.say(f"gatebot: {exc}", err=True)
         return EXIT_BUSY
     except GatebotError as exc:  # StageFailed among them
-        print(f"gatebot: {exc}", file=sys.stderr)
+        console.say(f"gatebot: {exc}", err=True)
+        if isinstance(exc, StageFailed) and exc.logs:
+            console.say("the container's last log lines:", err=True)
+            console.say("\n".join(f"  | {line}" for line in exc.logs.splitlines()), err=True)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        print("gatebot: interrupted; the next start repairs any half-done deploy", file=sys.stderr)
+        console.say("gatebot: interrupted; the next start repairs any half-done deploy", err=True)
         return 130
 
 
@@ -125,37 +166,36 @@ def serve(settings: Settings, *, verbose: bool) -> int:
     return EXIT_OK
 
 
-def check_config(settings: Settings, out: TextIO) -> int:
-    print(f"{settings.source}: OK, {len(settings.projects)} project(s)", file=out)
-    print(f"  data_dir: {settings.server.data_dir}", file=out)
-    print(f"  docker:   {settings.docker_host}", file=out)
-    print(f"  nginx:    {settings.nginx.conf_dir}", file=out)
+def check_config(settings: Settings, console: Console) -> int:
+    console.say(f"{settings.source}: OK, {len(settings.projects)} project(s)")
+    console.say(f"  data_dir: {settings.server.data_dir}")
+    console.say(f"  docker:   {settings.docker_host}")
+    console.say(f"  nginx:    {settings.nginx.conf_dir}")
     for p in settings.projects:
         site = f", site {p.site.server_name} on {p.site.listen}" if p.site else ""
-        print(
+        console.say(
             f"  {p.name}: {p.repo} @ {p.branch}; blue :{p.ports[0]}, green :{p.ports[1]}"
-            f" -> {p.container_port} ({p.network}); health {p.health.path}{site}",
-            file=out,
+            f" -> {p.container_port} ({p.network}); health {p.health.path}{site}"
         )
     return EXIT_OK
 
 
-async def run_command(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+async def run_command(settings: Settings, args: argparse.Namespace, console: Console) -> int:
     from gatebot.wiring import open_engine
 
     if getattr(args, "project", None):
         settings.project(args.project)  # unknown project: exit 2 before touching anything
     async with open_engine(settings) as engine:
         if args.command == "deploy":
-            return await cmd_deploy(engine, args, out)
+            return await cmd_deploy(engine, args, console)
         if args.command == "rollback":
-            return await cmd_rollback(engine, args, out)
+            return await cmd_rollback(engine, args, console)
         if args.command == "status":
-            return await cmd_status(engine, args, out)
+            return await cmd_status(engine, args, console)
         if args.command == "history":
-            return await cmd_history(engine, args, out)
+            return await cmd_history(engine, args, console)
         if args.command == "reconcile":
-            return await cmd_reconcile(engine, args, out)
+            return await cmd_reconcile(engine, args, console)
     raise ConfigError(f"unknown command {args.command}")
 
 
@@ -166,7 +206,7 @@ def _trigger() -> str:
         return "cli"
 
 
-async def _preflight(engine: Engine, project: str) -> None:
+async def _preflight(engine: Engine, project: str, console: Console) -> None:
     """Engine reachable, nginx sane, and any half-done work of this project repaired."""
     from gatebot.pipeline.reconcile import reconcile
 
@@ -174,50 +214,51 @@ async def _preflight(engine: Engine, project: str) -> None:
     await engine.proxy.check()
     report = await reconcile(engine, [project])
     if report.interrupted or report.restarted or report.lost or report.removed_containers:
-        print(f"reconciled first: {report.summary()}", file=sys.stderr)
+        console.say(f"reconciled first: {report.summary()}", err=True)
 
 
-def progress_printer(out: TextIO) -> Any:
+def progress_printer(console: Console) -> Any:
     def show(event: JournalEvent) -> None:
         if event.kind == "done":
-            print(f"  {event.stage:<8} {event.duration or 0:6.2f}s  {event.message}", file=out)
+            console.say(f"  {event.stage:<8} {event.duration or 0:6.2f}s  {event.message}")
         elif event.kind == "failed":
-            print(f"  {event.stage:<8} FAILED after {event.duration or 0:.2f}s", file=out)
+            console.say(f"  {event.stage:<8} FAILED after {event.duration or 0:.2f}s")
         elif event.kind == "note" and event.stage in ("queued", "rollback", "cleanup"):
-            print(f"  {event.message}", file=out)
-        out.flush()
+            console.say(f"  {event.message}")
 
     return show
 
 
-async def cmd_deploy(engine: Engine, args: argparse.Namespace, out: TextIO) -> int:
+async def cmd_deploy(engine: Engine, args: argparse.Namespace, console: Console) -> int:
     from gatebot.pipeline.deploy import deploy
 
-    await _preflight(engine, args.project)
-    print(f"{args.project}: deploying {args.sha or 'branch head'}", file=out)
+    await _preflight(engine, args.project, console)
+    console.say(f"{args.project}: deploying {args.sha or 'branch head'}")
     deployment = await deploy(
-        engine, args.project, sha=args.sha, trigger=_trigger(), listeners=[progress_printer(out)]
+        engine,
+        args.project,
+        sha=args.sha,
+        trigger=_trigger(),
+        listeners=[progress_printer(console)],
     )
-    print(
+    console.say(
         f"{args.project}: v{deployment.version} ({(deployment.commit_sha or '')[:12]}) "
-        f"live on {deployment.color} (port {deployment.port})",
-        file=out,
+        f"live on {deployment.color} (port {deployment.port})"
     )
     return EXIT_OK
 
 
-async def cmd_rollback(engine: Engine, args: argparse.Namespace, out: TextIO) -> int:
+async def cmd_rollback(engine: Engine, args: argparse.Namespace, console: Console) -> int:
     from gatebot.pipeline.rollback import rollback
 
-    await _preflight(engine, args.project)
+    await _preflight(engine, args.project, console)
     deployment = await rollback(
-        engine, args.project, to=args.to, trigger=_trigger(), listeners=[progress_printer(out)]
+        engine, args.project, to=args.to, trigger=_trigger(), listeners=[progress_printer(console)]
     )
-    print(
+    console.say(
         f"{args.project}: rolled back; v{deployment.version} "
         f"({(deployment.commit_sha or '')[:12]}) live on {deployment.color} "
-        f"(port {deployment.port})",
-        file=out,
+        f"(port {deployment.port})"
     )
     return EXIT_OK
 
@@ -238,7 +279,7 @@ def active_dict(d: Deployment | None) -> dict[str, Any] | None:
     }
 
 
-async def cmd_status(engine: Engine, args: argparse.Namespace, out: TextIO) -> int:
+async def cmd_status(engine: Engine, args: argparse.Namespace, console: Console) -> int:
     projects = [engine.settings.project(args.project)] if args.project else engine.settings.projects
     rows = []
     for project in projects:
@@ -251,8 +292,7 @@ async def cmd_status(engine: Engine, args: argparse.Namespace, out: TextIO) -> i
             }
         )
     if args.json:
-        json.dump({"projects": rows}, out, indent=2)
-        out.write("\n")
+        console.json({"projects": rows})
         return EXIT_OK
     for row in rows:
         live_now = row["active"]
@@ -263,31 +303,27 @@ async def cmd_status(engine: Engine, args: argparse.Namespace, out: TextIO) -> i
             else "nothing live"
         )
         busy = f"  [busy: {row['busy']}]" if row["busy"] else ""
-        print(f"{row['name']}: {live}{busy}", file=out)
+        console.say(f"{row['name']}: {live}{busy}")
     return EXIT_OK
 
 
-async def cmd_history(engine: Engine, args: argparse.Namespace, out: TextIO) -> int:
+async def cmd_history(engine: Engine, args: argparse.Namespace, console: Console) -> int:
     history = await engine.store.deployments.history(args.project, limit=args.limit)
     if args.json:
-        json.dump(
-            {"project": args.project, "deployments": [d.to_dict() for d in history]}, out, indent=2
-        )
-        out.write("\n")
+        console.json({"project": args.project, "deployments": [d.to_dict() for d in history]})
         return EXIT_OK
     if not history:
-        print(f"{args.project}: no deployments yet", file=out)
+        console.say(f"{args.project}: no deployments yet")
     for d in history:
         problem = f"  {d.failed_stage}: {d.error}" if d.error else ""
-        print(
+        console.say(
             f"v{d.version:<4} {d.status:<11} {(d.commit_sha or '-')[:12]:<12} "
-            f"{d.color or '-':<5} {d.created_at}  {d.trigger}{problem}",
-            file=out,
+            f"{d.color or '-':<5} {d.created_at}  {d.trigger}{problem}"
         )
     return EXIT_OK
 
 
-async def cmd_token(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+async def cmd_token(settings: Settings, args: argparse.Namespace, console: Console) -> int:
     """Tokens live in the database only; no Docker engine or nginx is needed."""
     from gatebot.store import Store
     from gatebot.store.tokens import TokenError
@@ -297,42 +333,40 @@ async def cmd_token(settings: Settings, args: argparse.Namespace, out: TextIO) -
         if args.action == "create":
             token, secret = await store.tokens.create(args.name, args.scope)
             await store.audit.record(_trigger(), "token create", detail=token.name)
-            print(secret, file=out)
-            print(
+            console.reveal(secret)
+            console.say(
                 f"gatebot: token {token.name!r} (scope {token.scope}, id {token.lookup}) created; "
                 "this is the only time it is shown: keep it secret",
-                file=sys.stderr,
+                err=True,
             )
         elif args.action == "revoke":
             token = await store.tokens.revoke(args.name)
             await store.audit.record(_trigger(), "token revoke", detail=token.name)
-            print(f"revoked token {token.name!r} (id {token.lookup})", file=out)
+            console.say(f"revoked token {token.name!r} (id {token.lookup})")
         else:
             tokens = await store.tokens.list(include_revoked=args.all)
             if args.json:
-                json.dump({"tokens": [t.to_dict() for t in tokens]}, out, indent=2)
-                out.write("\n")
+                console.json({"tokens": [t.to_dict() for t in tokens]})
             elif not tokens:
-                print("no tokens; create one with `gatebot token create NAME`", file=out)
+                console.say("no tokens; create one with `gatebot token create NAME`")
             for t in [] if args.json else tokens:
                 revoked = f"  revoked {t.revoked_at}" if t.revoked_at else ""
-                print(
+                console.say(
                     f"{t.name:<20} {t.scope:<6} id {t.lookup}  created {t.created_at}  "
-                    f"last used {t.last_used_at or 'never'}{revoked}",
-                    file=out,
+                    f"last used {t.last_used_at or 'never'}{revoked}"
                 )
     except TokenError as exc:
-        print(f"gatebot: {exc}", file=sys.stderr)
+        console.say(f"gatebot: {exc}", err=True)
         return EXIT_USAGE
     finally:
         await store.close()
     return EXIT_OK
 
 
-async def cmd_reconcile(engine: Engine, args: argparse.Namespace, out: TextIO) -> int:
+async def cmd_reconcile(engine: Engine, args: argparse.Namespace, console: Console) -> int:
     from gatebot.pipeline.reconcile import reconcile
 
     await engine.runtime.ping()
     report = await reconcile(engine, [args.project] if args.project else None)
-    print(report.summary(), file=out)
+    console.say(report.summary())
     return EXIT_OK

@@ -23,7 +23,7 @@ USAGE = (
     "usage: `/rollback [PROJECT] [to VERSION|SHA]` on a commit; on the live commit it rolls "
     "back to the previous release, on an older deployed commit it makes that release live again"
 )
-_REF = re.compile(r"^(v?\d{1,9}|[0-9a-fA-F]{7,64})$")
+_REF = re.compile(r"(v?[0-9]{1,9}|[0-9a-fA-F]{7,64})")
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def parse_comment(body: str) -> RollbackCommand | CommandError | None:
         if args[0].lower() != "to" or len(args) != 2:
             return CommandError(f"I did not understand the command. {USAGE}")
         to = args[1]
-        if not _REF.match(to):
+        if not _REF.fullmatch(to):
             return CommandError(
                 f"the word after `to` is neither a version nor a commit SHA. {USAGE}"
             )

@@ -68,13 +68,26 @@ class ProxyError(GatebotError):
 
 
 class HealthCheckFailed(GatebotError):
-    """The new container never answered its health check in time."""
+    """The new container never answered its health check in time.
+
+    `logs` holds the container's last log lines when it died: they may contain anything the
+    app printed, so they are kept apart from the message, which may be shown in public.
+    """
+
+    def __init__(self, reason: str, *, logs: str | None = None) -> None:
+        super().__init__(reason)
+        self.logs = logs
 
 
 class StageFailed(GatebotError):
-    """A deploy or rollback stopped at `stage` for `reason`; the live release is untouched."""
+    """A deploy or rollback stopped at `stage` for `reason`; the live release is untouched.
 
-    def __init__(self, stage: str, reason: str) -> None:
+    `logs` (the failed container's last lines, if any) go to the journal only: the step's
+    output and the log file, never the reason shown in statuses and replies.
+    """
+
+    def __init__(self, stage: str, reason: str, *, logs: str | None = None) -> None:
         super().__init__(f"{stage} failed: {reason}")
         self.stage = stage
         self.reason = reason
+        self.logs = logs

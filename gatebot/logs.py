@@ -1,57 +1,25 @@
 """Log output: readable lines on a terminal, or one JSON object per line for a log pipeline.
 
 Many log calls pass context as ``extra={"project": ..., "job": ..., ...}``; both formats show
-it. Both also redact on the way out: the configured secrets (webhook secrets, forge tokens,
-project environment values), anything shaped like a gatebot API token, and credentials in
-URLs, so a secret that slips into a message or an exception never reaches the log.
+it. Both also redact on the way out (`gatebot.redact`): the configured secrets, anything
+shaped like a gatebot API token, and credentials in URLs, so a secret that slips into a
+message or an exception never reaches the log.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Literal, TextIO
 
-from pydantic import SecretStr
-
-from gatebot.settings import Settings
-from gatebot.vcs import redact_url
+from gatebot.redact import redact
 
 LogFormat = Literal["text", "json"]
 CONTEXT_FIELDS = ("project", "job", "deployment", "delivery", "stage")
-MASK = "***"
-MIN_SECRET_LEN = 6  # shorter values ("1", "true", a port) would mask half the log
-_API_TOKEN = re.compile(r"gb_[0-9a-f]{12}_[A-Za-z0-9_-]{8,}")
 _HANDLER_MARK = "_gatebot_handler"
-
-
-def secrets_of(settings: Settings) -> list[str]:
-    """Every secret value the configuration holds, longest first."""
-    values: list[str] = []
-    for section in (settings.github, settings.gitlab):
-        for name in type(section).model_fields:
-            value = getattr(section, name)
-            if isinstance(value, SecretStr):
-                values.append(value.get_secret_value())
-    for project in settings.projects:
-        if project.webhook_secret is not None:
-            values.append(project.webhook_secret.get_secret_value())
-        values.extend(settings.container_env(project).values())
-    unique = {v for v in values if len(v) >= MIN_SECRET_LEN}
-    return sorted(unique, key=len, reverse=True)
-
-
-def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """`text` with every secret, API token and URL credential replaced by ***."""
-    for secret in secrets:
-        if secret and secret in text:
-            text = text.replace(secret, MASK)
-    text = _API_TOKEN.sub("gb_" + MASK, text)
-    return redact_url(text)
 
 
 def context_of(record: logging.LogRecord) -> dict[str, object]:

@@ -269,7 +269,9 @@ def webhook_outcome(status: int, body: bytes | None) -> str:
         400: "bad_request",
         401: "unauthorized",
         403: "forbidden",
+        408: "timeout",
         413: "too_large",
+        499: "client_closed",
     }.get(status, "error")
 
 

@@ -21,6 +21,7 @@ from gatebot.errors import GatebotError, LockHeld
 from gatebot.model import JobState
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.journal import JournalEvent, Listener
+from gatebot.redact import redact, secrets_of
 from gatebot.settings import QueueSettings
 from gatebot.store.deployments import Deployment
 from gatebot.store.jobs import Job, NewJob
@@ -230,7 +231,8 @@ class JobQueue:
                 await self._record(job, "put back in the queue", self.engine.store.jobs.release)
                 return
             except GatebotError as problem:  # StageFailed included
-                state, error = JobState.FAILED, str(problem)
+                secrets = secrets_of(self.engine.settings)
+                state, error = JobState.FAILED, redact(str(problem), secrets)
             except Exception as exc:
                 log.exception("job %s failed unexpectedly", job.id, extra=extra)
                 state, error = JobState.FAILED, f"internal error: {type(exc).__name__}"

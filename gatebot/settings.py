@@ -11,7 +11,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -29,6 +29,7 @@ from pydantic import (
 
 from gatebot.errors import ConfigError
 from gatebot.model import PROJECT_NAME, PROJECT_NAME_PATTERN
+from gatebot.numbers import parse_count
 
 CONFIG_ENV = "GATEBOT_CONFIG"
 _NGINX_TOKEN = re.compile(r"^[A-Za-z0-9_.:\[\]*~^$\\/-]+$")
@@ -64,12 +65,15 @@ class ServerSettings(_Model):
     # How long a webhook waits for its delivery to be committed (a locked or full database)
     # before answering 503 with Retry-After; forges give up on an answer after about 10 s.
     record_timeout: float = Field(5.0, gt=0, le=60)
+    body_timeout: float = Field(30.0, gt=0)  # a request body must arrive within this many s
+    deliveries_keep_days: float = Field(7.0, gt=0)  # webhook delivery ids kept for de-dup
 
     @field_validator("listen")
     @classmethod
     def _host_port(cls, value: str) -> str:
         host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        number = parse_count(port, high=65535)
+        if not sep or not host or not number:
             raise ValueError("must be HOST:PORT, for example 127.0.0.1:8088")
         return value
 
@@ -161,7 +165,7 @@ class SiteSettings(_Model):
     @classmethod
     def _nginx_safe(cls, value: str) -> str:
         for word in value.split():
-            if not _NGINX_TOKEN.match(word) or word.endswith("\\"):
+            if not _NGINX_TOKEN.fullmatch(word) or word.endswith("\\"):
                 raise ValueError(f"{word!r} is not allowed in an nginx directive")
         if not value.strip():
             raise ValueError("must not be empty")
@@ -175,8 +179,9 @@ class ProjectSettings(_Model):
     base_port: int = Field(ge=1, le=65534)
     container_port: int = Field(3000, ge=1, le=65535)
     network: Literal["bridge", "host"] = "bridge"
-    dockerfile: str = "Dockerfile"
-    context: str = "."
+    dockerfile: str = "Dockerfile"  # relative to `context`
+    context: str = "."  # relative to the repository's root; both must stay inside it
+    build_include_git: bool = False  # send the checkout's .git in the build context
     build_args: dict[str, str] = Field(default_factory=dict)
     env: dict[str, EnvValue] = Field(default_factory=dict)
     env_file: Path | None = None
@@ -214,11 +219,38 @@ class ProjectSettings(_Model):
             raise ValueError("is not a valid branch name")
         return value
 
+    @field_validator("context", "dockerfile")
+    @classmethod
+    def _not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("context")
+    @classmethod
+    def _inside_checkout(cls, value: str) -> str:
+        if not inside_checkout(value):
+            raise ValueError(
+                f"{value[:200]!r} is outside the checkout: give a path relative to the "
+                "repository's root, without leading / or .. that climbs out of it"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _dockerfile_inside_checkout(self) -> ProjectSettings:
+        # Docker reads the Dockerfile relative to the context.
+        if not inside_checkout(str(PurePosixPath(self.context) / self.dockerfile)):
+            raise ValueError(
+                f"dockerfile: {self.dockerfile[:200]!r} (relative to context "
+                f"{self.context[:200]!r}) is outside the checkout"
+            )
+        return self
+
     @field_validator("env", "build_args")
     @classmethod
     def _env_keys(cls, value: dict[str, str]) -> dict[str, str]:
         for key in value:
-            if not _ENV_KEY.match(key):
+            if not _ENV_KEY.fullmatch(key):
                 raise ValueError(f"{key!r} is not a valid variable name")
         return value
 
@@ -339,6 +371,22 @@ def parse_settings(
     return resolved
 
 
+def inside_checkout(path: str) -> bool:
+    """Whether a relative path (``.``, ``app``, ``docker/Dockerfile``) stays inside the folder it
+    is relative to, judged by its text alone; symbolic links are checked at build time."""
+    if "\x00" in path or PurePosixPath(path).is_absolute():
+        return False
+    depth = 0
+    for part in PurePosixPath(path).parts:
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return False
+        elif part != ".":
+            depth += 1
+    return True
+
+
 def _relative(base: Path, path: Path) -> Path:
     return path if path.is_absolute() else (base / path).resolve()
 
@@ -376,7 +424,7 @@ def read_env_file(path: Path, source: Path, project: str) -> dict[str, str]:
             continue
         key, sep, value = line.removeprefix("export ").partition("=")
         key = key.strip()
-        if not sep or not _ENV_KEY.match(key):
+        if not sep or not _ENV_KEY.fullmatch(key):
             raise ConfigError(f"{where}: {path} line {number}: expected KEY=VALUE")
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":

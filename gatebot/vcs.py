@@ -2,6 +2,11 @@
 
 gitpython blocks, so every call runs in a thread. Errors never carry credentials: URLs in
 messages are passed through `redact_url` first.
+
+Credentials in an http(s) repository URL never reach the checkout's ``.git/config`` (which a
+build context or a backup could carry away): the remote is stored without them, and each
+fetch gets them from a credential helper given on its own command line that reads them from
+the git process's environment (not visible to other users, unlike arguments).
 """
 
 from __future__ import annotations
@@ -9,20 +14,49 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import git
 
 from gatebot.errors import SourceError
+from gatebot.redact import redact_url
 
-_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]{0,31}://)[^/@\s]{1,512}@")
 _SHA = re.compile(r"^[0-9a-fA-F]{7,64}$")
 
 
-def redact_url(text: str) -> str:
-    """Hide ``user:password@`` in every URL inside `text`."""
-    return _CREDENTIALS.sub(r"\g<scheme>***@", text)
+_USER_ENV, _PASSWORD_ENV = "GATEBOT_GIT_USERNAME", "GATEBOT_GIT_PASSWORD"  # noqa: S105
+# The first, empty value drops every helper configured elsewhere (none may store the
+# credentials); the second answers git's question from the environment.
+_HELPERS = [
+    "credential.helper=",
+    'credential.helper=!f() { test "$1" = get || exit 0; '
+    f'echo "username=${{{_USER_ENV}}}"; echo "password=${{{_PASSWORD_ENV}}}"; }}; f',
+]
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str
+
+
+def split_credentials(url: str) -> tuple[str, Credentials | None]:
+    """(the URL without ``user:password@``, the credentials) for an http(s) URL that has them;
+    any other URL comes back as it is, with None (ssh keeps its user: it is not a secret)."""
+    try:
+        parts = urlsplit(url)
+        user, password = parts.username, parts.password
+    except ValueError:
+        return url, None
+    if parts.scheme.lower() not in ("http", "https") or (user is None and password is None):
+        return url, None
+    host = parts.netloc.rpartition("@")[2]
+    clean = urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return clean, Credentials(unquote(user or ""), unquote(password or ""))
 
 
 @dataclass(frozen=True)
@@ -41,17 +75,22 @@ class GitSource:
 
     async def checkout(self, project: str, url: str, branch: str, sha: str | None) -> Checkout:
         """Bring the project's working copy to `sha` (or the head of `branch`)."""
-        if sha is not None and not _SHA.match(sha):
+        if sha is not None and not _SHA.fullmatch(sha):
             raise SourceError(f"{sha!r} is not a commit SHA (7 to 64 hex digits)")
         return await asyncio.to_thread(self._checkout, project, url, branch, sha)
 
     def _checkout(self, project: str, url: str, branch: str, sha: str | None) -> Checkout:
         path = self.path(project)
+        clean_url, credentials = split_credentials(url)
         try:
-            repo = self._open_or_clone(path, url)
-            repo.git.fetch(
-                "--prune", "origin", f"+refs/heads/{branch}:refs/remotes/origin/{branch}"
-            )
+            fresh = not (path / ".git").is_dir()
+            repo = self._open_or_init(path, clean_url)
+            # A new working copy fetches every branch, as a clone would; later only `branch`.
+            wanted = "*" if fresh else branch
+            with _credentials(repo, credentials) as remote:
+                remote.fetch(
+                    "--prune", "origin", f"+refs/heads/{wanted}:refs/remotes/origin/{wanted}"
+                )
             target = sha or f"refs/remotes/origin/{branch}"
             try:
                 commit = repo.commit(target)
@@ -60,7 +99,8 @@ class GitSource:
                     raise SourceError(f"branch {branch!r} not found in the repository") from None
                 # Not on the branch (force-pushed away, or another ref): ask for it directly.
                 try:
-                    repo.git.fetch("origin", sha)
+                    with _credentials(repo, credentials) as remote:
+                        remote.fetch("origin", sha)
                     commit = repo.commit(sha)
                 except (git.GitCommandError, git.BadName, ValueError):
                     raise SourceError(f"commit {sha} not found in the repository") from None
@@ -70,11 +110,11 @@ class GitSource:
             return Checkout(path=path, sha=commit.hexsha, message=message)
         except git.GitCommandError as exc:
             detail = redact_url(_stderr(exc))
-            raise SourceError(
-                f"git {exc.command[1] if exc.command else ''} failed: {detail}"
-            ) from None
+            raise SourceError(f"git {_subcommand(exc.command)} failed: {detail}") from None
 
-    def _open_or_clone(self, path: Path, url: str) -> git.Repo:
+    def _open_or_init(self, path: Path, url: str) -> git.Repo:
+        """The working copy at `path` with `url` (no credentials) as its origin; a new, empty
+        one (fetched into next) when there is none or it is broken."""
         if (path / ".git").is_dir():
             try:
                 repo = git.Repo(path)
@@ -91,8 +131,39 @@ class GitSource:
                 pass  # broken (an interrupted clone, say): start again below
         if path.exists():
             shutil.rmtree(path)  # a half-made clone from an interrupted first run
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return git.Repo.clone_from(url, path, no_checkout=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        repo = git.Repo.init(path)
+        repo.create_remote("origin", url)
+        return repo
+
+
+@contextmanager
+def _credentials(repo: git.Repo, credentials: Credentials | None) -> Iterator[git.Git]:
+    """repo.git for one command, given `credentials` by the helper above when there are any."""
+    if credentials is None:
+        yield repo.git
+        return
+    env = {
+        _USER_ENV: credentials.username,
+        _PASSWORD_ENV: credentials.password,
+        "GIT_TERMINAL_PROMPT": "0",
+    }
+    with repo.git.custom_environment(**env):
+        yield repo.git(c=_HELPERS)
+
+
+def _subcommand(command: object) -> str:
+    """``fetch`` in ``git -c a=b -c c=d fetch --prune ...``."""
+    words = [str(w) for w in command] if isinstance(command, list | tuple) else []
+    skip = True  # the program itself
+    for word in words:
+        if skip:
+            skip = False
+        elif word == "-c":
+            skip = True
+        elif not word.startswith("-"):
+            return word
+    return ""
 
 
 def _stderr(exc: git.GitCommandError) -> str:

@@ -49,3 +49,21 @@ async def steady_load(urls: list[str], stop: asyncio.Event, workers: int = 4) ->
 
     await asyncio.gather(*(worker(n) for n in range(workers)))
     return result
+
+
+async def raw_exchange(host: str, port: int, request: bytes, timeout: float = 10.0) -> bytes:
+    """Send `request` byte for byte (headers aiohttp's client would refuse to send included)
+    and return everything the server answers until it closes the connection."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        async with asyncio.timeout(timeout):
+            return await reader.read()
+    finally:
+        writer.close()
+
+
+def status_of(answer: bytes) -> int:
+    """The status code of a raw HTTP answer (b"HTTP/1.1 401 Unauthorized...")."""
+    return int(answer.split(b" ", 2)[1])

@@ -160,3 +160,66 @@ def test_deploy_while_the_project_is_locked_exits_3(setup: Setup) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+# --- nothing the CLI prints carries a secret --------------------------------------------------
+
+REPO_PASSWORD = "s3cret-repo-pass"
+DB_SECRET = "hunter2-database-password"
+
+
+def secret_config(tmp_path: Path) -> Path:
+    path = tmp_path / "gatebot.toml"
+    path.write_text(
+        f'[server]\ndata_dir = "{tmp_path / "data"}"\n\n'
+        "[[projects]]\n"
+        'name = "shop"\n'
+        f'repo = "https://deploy:{REPO_PASSWORD}@git.example.com/acme/shop.git"\n'
+        "base_port = 3100\n"
+        f'env = {{ DB_PASSWORD = "{DB_SECRET}" }}\n'
+    )
+    return path
+
+
+def test_check_config_hides_repository_credentials(tmp_path: Path) -> None:
+    result = gatebot("-c", str(secret_config(tmp_path)), "check-config")
+    assert result.returncode == 0, result.stderr
+    assert "shop: https://***@git.example.com/acme/shop.git @ main" in result.stdout
+    assert REPO_PASSWORD not in result.stdout + result.stderr
+
+
+def test_history_hides_secrets_stored_by_an_older_version(tmp_path: Path) -> None:
+    """Rows written before gatebot redacted on write may hold secrets: the CLI still hides them."""
+    import asyncio
+
+    from gatebot.store import Store
+
+    path = secret_config(tmp_path)
+
+    async def old_row() -> None:
+        store = await Store.open(tmp_path / "data" / "gatebot.db")
+        try:
+            d = await store.deployments.create("shop", "cli:alice")
+            await store.deployments.fail(
+                d.id, stage="health", error=f"exited; DB_PASSWORD={DB_SECRET} {REPO_PASSWORD}"
+            )
+        finally:
+            await store.close()
+
+    asyncio.run(old_row())
+    for args in (("history", "shop"), ("history", "shop", "--json")):
+        result = gatebot("-c", str(path), *args)
+        assert result.returncode == 0, result.stderr
+        assert "DB_PASSWORD=***" in result.stdout
+        assert DB_SECRET not in result.stdout and REPO_PASSWORD not in result.stdout
+
+
+def test_a_failed_deploy_shows_the_apps_log_lines_redacted(setup: Setup) -> None:
+    leaky = '#!/bin/sh\necho "connecting with DB_PASSWORD=$DB_PASSWORD" >&2\nexit 3\n'
+    path = config_file(setup, env={"DB_PASSWORD": DB_SECRET}, health={"retries": 600})
+    setup.repo.commit("leaky", start_script=leaky)
+    result = gatebot("-c", str(path), "deploy", setup.name)
+    assert result.returncode == 1
+    assert "health failed: container" in result.stderr
+    assert "DB_PASSWORD=***" in result.stderr  # the container's last lines, for the operator
+    assert DB_SECRET not in result.stdout + result.stderr

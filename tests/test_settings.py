@@ -377,3 +377,46 @@ def test_configured_docker_host_wins_over_docker_host(tmp_path: Path) -> None:
 
 def test_docker_host_default_without_either(tmp_path: Path) -> None:
     assert parse({}, tmp_path, {}).docker_host == "unix:///var/run/docker.sock"
+
+
+# --- names and paths that must not slip through -------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["esc\n", "shop\n", "a\n"])
+def test_a_trailing_newline_is_not_part_of_a_valid_name(tmp_path: Path, name: str) -> None:
+    message = config_error({"projects": [project(name=name)]}, tmp_path)
+    assert ".name: must match" in message
+
+
+@pytest.mark.parametrize("field", ["env", "build_args"])
+def test_a_variable_name_with_a_trailing_newline_is_refused(tmp_path: Path, field: str) -> None:
+    message = config_error({"projects": [project(**{field: {"KEY\n": "v"}})]}, tmp_path)
+    assert f"projects[0] (shop).{field}:" in message and "not a valid variable name" in message
+
+
+@pytest.mark.parametrize("context", ["..", "../..", "/", "/etc", "app/../..", "./../x"])
+def test_a_build_context_outside_the_checkout_is_refused(tmp_path: Path, context: str) -> None:
+    message = config_error({"projects": [project(context=context)]}, tmp_path)
+    assert "projects[0] (shop).context:" in message and "outside the checkout" in message
+
+
+@pytest.mark.parametrize(
+    ("context", "dockerfile"),
+    [(".", "../../etc/passwd"), (".", "/etc/passwd"), ("app", "../../Dockerfile")],
+)
+def test_a_dockerfile_outside_the_checkout_is_refused(
+    tmp_path: Path, context: str, dockerfile: str
+) -> None:
+    raw = {"projects": [project(context=context, dockerfile=dockerfile)]}
+    message = config_error(raw, tmp_path)
+    assert "projects[0] (shop)" in message and "dockerfile:" in message
+    assert "outside the checkout" in message
+
+
+@pytest.mark.parametrize(
+    ("context", "dockerfile"),
+    [(".", "Dockerfile"), ("app", "Dockerfile"), ("app", "../docker/Dockerfile"), ("a/..", "x")],
+)
+def test_paths_inside_the_checkout_are_fine(tmp_path: Path, context: str, dockerfile: str) -> None:
+    settings = parse({"projects": [project(context=context, dockerfile=dockerfile)]}, tmp_path)
+    assert settings.projects[0].context == context and not settings.projects[0].build_include_git

@@ -9,7 +9,7 @@ import pytest
 from gatebot.errors import GatebotError, IllegalTransition
 from gatebot.model import Status, check_transition
 
-# Written out from the lifecycle in gatebot/pipeline/status.py's docstring, not from ALLOWED:
+# Written out from the lifecycle in gatebot/model.py's docstring, not from ALLOWED:
 #     PENDING -> DEPLOYING -> ACTIVE -> ROLLED_BACK -> ACTIVE (rollback)
 #                          -> FAILED
 # PENDING may fail (source stage), ACTIVE may fail (reconciliation).

@@ -13,4 +13,4 @@ SETTINGS = web.AppKey("settings", Settings)
 ENGINE = web.AppKey("engine", Engine)
 QUEUE = web.AppKey("queue", JobQueue)
 FEEDBACK = web.AppKey("feedback", Feedback)
-SECRETS = web.AppKey("secrets", list[str])  # what answers and logs must never show
+SECRETS = web.AppKey("secrets", tuple[str, ...])  # what answers and logs must never show

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import secrets as random
+from collections.abc import Sequence
 
 from aiohttp import web
 
@@ -21,8 +22,9 @@ from gatebot.api.auth import COOKIE, authenticate, check_token
 from gatebot.api.errors import ApiError
 from gatebot.api.keys import ENGINE, SECRETS, SETTINGS
 from gatebot.api.openapi import MAX_ID
-from gatebot.logs import redact
+from gatebot.numbers import parse_count
 from gatebot.pipeline.engine import Engine
+from gatebot.redact import redact
 from gatebot.store.deployments import Deployment, Step
 
 routes = web.RouteTableDef()
@@ -110,7 +112,7 @@ def render_deployment(
     live: bool,
     resume: str,
     nonce: str,
-    secrets: list[str],
+    secrets: Sequence[str],
 ) -> str:
     """The deployment's page (pure): everything escaped, free text redacted."""
 
@@ -203,9 +205,14 @@ async def check_access(request: web.Request) -> None:
         await authenticate(request, "read", cookie=True)
 
 
+def _secrets(request: web.Request) -> tuple[str, ...]:
+    found: tuple[str, ...] = request.app[SECRETS]
+    return found
+
+
 def _deployment_id(request: web.Request) -> int:
-    value = int(request.match_info["id"])
-    return value if value <= MAX_ID else 0
+    value = parse_count(request.match_info["id"], high=MAX_ID)
+    return value if value is not None else 0
 
 
 def _read_log(engine: Engine, d: Deployment) -> tuple[list[str], int]:
@@ -250,7 +257,7 @@ async def deployment_page(request: web.Request) -> web.Response:
         live=live,
         resume=resume,
         nonce=nonce,
-        secrets=request.app[SECRETS],
+        secrets=_secrets(request),
     )
     return _html(page, nonce)
 
@@ -286,5 +293,5 @@ async def deployment_events(request: web.Request) -> web.StreamResponse:
     if d is None:
         raise ApiError(404, f"deployment {_deployment_id(request)} does not exist")
     return await sse.follow(
-        request, engine, d.id, request.app[SECRETS], resume=request.query.get("after")
+        request, engine, d.id, _secrets(request), resume=request.query.get("after")
     )

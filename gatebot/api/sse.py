@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from gatebot.api.views import deployment_view, step_view, stream_finished
-from gatebot.logs import redact
 from gatebot.model import JobState
+from gatebot.numbers import parse_count
 from gatebot.pipeline.engine import Engine
+from gatebot.redact import redact
 from gatebot.store.deployments import Deployment
 
 POLL_SECONDS = 0.2
@@ -68,7 +70,7 @@ def _character_boundary(data: bytes) -> int:
     return len(data)
 
 
-async def log_text(engine: Engine, d: Deployment, secrets: list[str]) -> str:
+async def log_text(engine: Engine, d: Deployment, secrets: Sequence[str]) -> str:
     """The whole log, redacted; rebuilt from the step rows when the file is missing."""
     try:
         text = engine.log_path(d.id).read_text(encoding="utf-8", errors="replace")
@@ -89,9 +91,10 @@ def event(name: str, data: str, event_id: str | None = None) -> bytes:
 def parse_last_event_id(value: str | None) -> tuple[int, int]:
     """(step id, log offset) from a Last-Event-ID header; (0, 0) when absent or malformed."""
     step, _, offset = (value or "").partition(".")
-    if step.isdigit() and offset.isdigit():
-        return int(step), int(offset)
-    return 0, 0
+    step_id, position = parse_count(step), parse_count(offset)
+    if step_id is None or position is None:
+        return 0, 0
+    return step_id, position
 
 
 async def is_finished(engine: Engine, d: Deployment) -> bool:
@@ -112,7 +115,7 @@ async def follow(
     request: web.Request,
     engine: Engine,
     deployment_id: int,
-    secrets: list[str],
+    secrets: Sequence[str],
     *,
     resume: str | None = None,
 ) -> web.StreamResponse:

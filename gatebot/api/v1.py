@@ -26,6 +26,7 @@ from gatebot.api.openapi import MAX_ID, SPEC
 from gatebot.api.views import busy_view, deployment_view, job_view, project_view, step_view
 from gatebot.errors import NothingToRollBack, RuntimeUnavailable, UnknownProject
 from gatebot.model import JobKind, JobState, Status
+from gatebot.numbers import parse_count
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.rollback import choose_target
 from gatebot.settings import ProjectSettings
@@ -47,11 +48,9 @@ async def read_object(request: web.Request, *, required: bool) -> dict[str, Any]
     """The JSON object in the body ({} for none when not `required`); 400 or 413 otherwise."""
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise ApiError(413, f"the body is over {MAX_BODY} bytes")
-    body = b""
-    while chunk := await request.content.read(MAX_BODY + 1 - len(body)):
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise ApiError(413, f"the body is over {MAX_BODY} bytes")
+    body = await request.read()  # read (within [server] body_timeout) by api.errors.body_reader
+    if len(body) > MAX_BODY:
+        raise ApiError(413, f"the body is over {MAX_BODY} bytes")
     if not body.strip():
         if required:
             raise ApiError(400, "a JSON object is needed in the body")
@@ -79,7 +78,7 @@ def string_field(
         return None
     if not isinstance(value, str) or not value.strip():
         raise ApiError(400, f"{name} must be a non-empty string")
-    if pattern is not None and not pattern.match(value):
+    if pattern is not None and not pattern.fullmatch(value):
         raise ApiError(400, f"{name} {value[:80]!r} is not valid")
     return value
 
@@ -96,17 +95,19 @@ def paging(request: web.Request) -> tuple[int, int]:
         raw = request.query.get(name)
         if raw is None:
             return default
-        if not raw.isdigit() or not low <= int(raw) <= high:
+        value = parse_count(raw, high=high)
+        if value is None or value < low:
             raise ApiError(400, f"{name} must be a whole number from {low} to {high}")
-        return int(raw)
+        return value
 
     return number("limit", DEFAULT_LIMIT, 1, MAX_LIMIT), number("offset", 0, 0, 10**9)
 
 
 def path_id(request: web.Request, what: str) -> int:
-    value = int(request.match_info["id"])
-    if value > MAX_ID:
-        raise ApiError(404, f"{what} {value} does not exist")
+    raw = request.match_info["id"]
+    value = parse_count(raw, high=MAX_ID)
+    if value is None:
+        raise ApiError(404, f"{what} {raw[:20]}{'…' if len(raw) > 20 else ''} does not exist")
     return value
 
 
@@ -185,7 +186,7 @@ async def find_job(engine: Engine, job_id: int) -> Job:
     return found
 
 
-def secrets(request: web.Request) -> list[str]:
+def secrets(request: web.Request) -> tuple[str, ...]:
     return request.app[SECRETS]
 
 

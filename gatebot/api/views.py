@@ -7,20 +7,20 @@ URLs lose their credentials, and free text (errors, step messages) is redacted.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from gatebot.logs import redact
+from gatebot.redact import redact, redact_url
 from gatebot.settings import ProjectSettings
 from gatebot.store.deployments import Deployment, Step
 from gatebot.store.jobs import Job
-from gatebot.vcs import redact_url
 
 
-def _text(value: str | None, secrets: list[str]) -> str | None:
+def _text(value: str | None, secrets: Sequence[str]) -> str | None:
     return redact(value, secrets) if value is not None else None
 
 
-def deployment_view(d: Deployment, secrets: list[str] | None = None) -> dict[str, Any]:
+def deployment_view(d: Deployment, secrets: Sequence[str] | None = None) -> dict[str, Any]:
     secrets = secrets or []
     return {
         "id": d.id,
@@ -45,7 +45,7 @@ def deployment_view(d: Deployment, secrets: list[str] | None = None) -> dict[str
     }
 
 
-def step_view(s: Step, secrets: list[str] | None = None) -> dict[str, Any]:
+def step_view(s: Step, secrets: Sequence[str] | None = None) -> dict[str, Any]:
     return {
         "id": s.id,
         "at": s.at,
@@ -55,7 +55,7 @@ def step_view(s: Step, secrets: list[str] | None = None) -> dict[str, Any]:
     }
 
 
-def job_view(j: Job, secrets: list[str] | None = None) -> dict[str, Any]:
+def job_view(j: Job, secrets: Sequence[str] | None = None) -> dict[str, Any]:
     return {
         "id": j.id,
         "project": j.project,

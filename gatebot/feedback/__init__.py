@@ -17,7 +17,7 @@ from gatebot.feedback.authz import Permissions
 from gatebot.feedback.comments import CommentDesk, Replier
 from gatebot.feedback.statuses import StatusObserver, StatusPoster
 from gatebot.forges.base import ForgeClient
-from gatebot.logs import secrets_of
+from gatebot.redact import secrets_of
 from gatebot.settings import Settings
 
 

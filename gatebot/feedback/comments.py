@@ -20,11 +20,11 @@ from gatebot.feedback.authz import Permissions
 from gatebot.feedback.statuses import page_url, public_reason, repo_of
 from gatebot.feedback.tasks import TaskSet
 from gatebot.forges.base import CommitRef, ForgeClient, ForgeError, RepoRef
-from gatebot.logs import redact
 from gatebot.model import JobKind
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.journal import JournalEvent, Listener
 from gatebot.queue import JobRunner
+from gatebot.redact import redact
 from gatebot.settings import ProjectSettings, Settings
 from gatebot.store.deployments import Deployment
 from gatebot.store.jobs import Job
@@ -51,7 +51,7 @@ def not_allowed(author: str, project: ProjectSettings, repo: RepoRef) -> str:
 class Replier:
     """Posts comments on commits in the background; a failure is logged, never raised."""
 
-    def __init__(self, clients: dict[str, ForgeClient], secrets: list[str]) -> None:
+    def __init__(self, clients: dict[str, ForgeClient], secrets: tuple[str, ...]) -> None:
         self.clients = clients
         self.secrets = secrets
         self.tasks = TaskSet()

@@ -22,9 +22,9 @@ from gatebot.forges.base import (
     RepoRef,
     StatusTarget,
 )
-from gatebot.logs import redact
 from gatebot.model import JobKind, JobState, Origin
 from gatebot.pipeline.journal import JournalEvent
+from gatebot.redact import redact
 from gatebot.settings import ProjectSettings, Settings
 from gatebot.store.deployments import Deployment
 from gatebot.store.jobs import Job
@@ -61,17 +61,16 @@ def page_url(settings: Settings, deployment_id: int | None) -> str | None:
 
 
 def public_reason(text: str, limit: int = 200) -> str:
-    """What a failure may say in public (a status, a comment): its first line, without the
-    container's log lines, which may hold anything the app printed."""
+    """What a failure may say in public (a status, a comment): its first line, shortened.
+    A failed container's log lines never reach it: they travel in `StageFailed.logs`."""
     first = text.strip().splitlines()[0] if text.strip() else "failed"
-    first = first.split("; last log lines:")[0].split("; it wrote no log lines")[0]
     return first if len(first) <= limit else first[: limit - 1] + "…"
 
 
 class StatusPoster:
     """Posts commit statuses in order per commit and context, in the background."""
 
-    def __init__(self, clients: dict[str, ForgeClient], secrets: list[str]) -> None:
+    def __init__(self, clients: dict[str, ForgeClient], secrets: tuple[str, ...]) -> None:
         self.clients = clients
         self.secrets = secrets
         self.tasks = TaskSet()

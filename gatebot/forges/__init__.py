@@ -3,7 +3,9 @@
 Each forge has a sans-I/O ``sansio`` module (verify a delivery, decode it, map it to a
 `gatebot.events` event). The helpers here are the part both parsers need: header lookup that
 ignores case, typed reads of payload fields that answer 400 naming the field, commit and ref
-checks. `repo_from_url` derives a project's forge repository name from its clone URL.
+checks. Header values and payload strings that are not valid Unicode text (bytes that are not
+UTF-8, lone surrogates) are a 400, so they never reach the database. `repo_from_url` derives a
+project's forge repository name from its clone URL.
 """
 
 from __future__ import annotations
@@ -23,14 +25,28 @@ _SCP_LIKE = re.compile(r"^(?:[^@/:]+@)?[^@/:]+:(?P<path>.+)$")  # [user@]host:pa
 # --- headers and bodies -------------------------------------------------------------------
 
 
+def is_text(value: str) -> bool:
+    """Whether `value` is real Unicode text: no lone surrogates, which is what bytes that are
+    not UTF-8 become in a header (aiohttp decodes with surrogateescape) and what a JSON
+    ``"\\ud800"`` escape gives. Such a string cannot be encoded, so cannot be stored."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def header(headers: Mapping[str, str], name: str) -> str | None:
-    """The header's value, whatever the case of its name; None when absent or blank."""
+    """The header's value, whatever the case of its name; None when absent or blank; 400 when
+    it is not UTF-8 text."""
     value = headers.get(name)
     if value is None:
         wanted = name.lower()
         value = next((v for k, v in headers.items() if k.lower() == wanted), None)
     if value is None or not value.strip():
         return None
+    if not is_text(value):
+        raise WebhookRejected.bad_request(f"header {name} is not UTF-8 text")
     return value.strip()
 
 
@@ -69,6 +85,8 @@ def require_str(payload: Mapping[str, Any], path: str, *, allow_empty: bool = Fa
         raise WebhookRejected.bad_request(f"missing field {path}")
     if not isinstance(value, str) or (not value and not allow_empty):
         raise WebhookRejected.bad_request(f"field {path} must be a non-empty string")
+    if not is_text(value):
+        raise WebhookRejected.bad_request(f"field {path} is not valid Unicode text")
     return value
 
 
@@ -78,6 +96,8 @@ def optional_str(payload: Mapping[str, Any], path: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise WebhookRejected.bad_request(f"field {path} must be a string")
+    if not is_text(value):
+        raise WebhookRejected.bad_request(f"field {path} is not valid Unicode text")
     return value
 
 
@@ -153,7 +173,7 @@ def repo_from_url(url: str) -> str | None:
         if scheme != "file" and not parts.hostname:
             return None
     else:
-        match = _SCP_LIKE.match(url)
+        match = _SCP_LIKE.fullmatch(url)
         if match is None:
             return None
         scheme, path = "scp", match.group("path")

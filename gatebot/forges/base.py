@@ -28,6 +28,7 @@ from yarl import URL
 from gatebot.errors import GatebotError
 from gatebot.events import CommentCommand, Forge, Push
 from gatebot.forges.backoff import Outcome, is_transient, retry_delay
+from gatebot.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,6 @@ _GITLAB_STATES: Mapping[DeployState, GitLabState] = {
     "superseded": "canceled",
     "error": "failed",
 }
-
-REDACTED = "[redacted]"
 
 
 def github_state(state: DeployState) -> GitHubState:
@@ -137,13 +136,6 @@ class ForgeError(GatebotError):
     ) -> None:
         super().__init__(redact(message, secrets))
         self.status = status
-
-
-def redact(text: str, secrets: Iterable[str | None]) -> str:
-    """`text` with every non-empty secret replaced, longest first."""
-    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
-        text = text.replace(secret, REDACTED)
-    return text
 
 
 def truncate(text: str, limit: int) -> str:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from pathlib import Path
 
-from gatebot.errors import GatebotError, StageFailed
+from gatebot.errors import GatebotError, SourceError, StageFailed
 from gatebot.model import Slot
 from gatebot.pipeline.engine import Engine, image_repository, image_tag, pick_slot
 from gatebot.pipeline.health import wait_healthy
@@ -72,12 +73,7 @@ async def _deploy(
         )
         async with journal.stage("build") as stage:
             await engine.runtime.build(
-                BuildSpec(
-                    context=checkout.path / project.context,
-                    dockerfile=project.dockerfile,
-                    tag=image,
-                    build_args=project.build_args,
-                ),
+                build_spec(checkout.path, project, image),
                 stage.output,
             )
             stage.message = f"built {image}"
@@ -106,6 +102,28 @@ async def _deploy(
     await journal.note("live", f"v{deployment.version} live on {slot.color} (port {slot.port})")
     await retire(engine, project, active, journal)
     return deployment
+
+
+def build_spec(root: Path, project: ProjectSettings, image: str) -> BuildSpec:
+    """What to build for `project` from its checkout at `root`. The settings already refuse
+    paths that climb out of the checkout; this also catches a symbolic link in the repository
+    that leads out. The checkout's .git stays out of the context unless the project asks."""
+    root = root.resolve()
+    context = (root / project.context).resolve()
+    dockerfile = (context / project.dockerfile).resolve()
+    for key, path in (("context", context), ("dockerfile", dockerfile)):
+        if not path.is_relative_to(root):
+            raise SourceError(
+                f"{key} {getattr(project, key)!r} leads outside the checkout "
+                "(through a symbolic link in the repository?)"
+            )
+    return BuildSpec(
+        context=context,
+        dockerfile=str(dockerfile),
+        tag=image,
+        build_args=project.build_args,
+        exclude=() if project.build_include_git else (".git",),
+    )
 
 
 async def undo(

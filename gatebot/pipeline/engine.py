@@ -9,6 +9,7 @@ from gatebot.model import Color, Slot
 from gatebot.pipeline.journal import Journal, Listener
 from gatebot.pipeline.lock import ProjectLocks
 from gatebot.proxy.nginx import NginxProxy, render_project_conf
+from gatebot.redact import secrets_of
 from gatebot.runtime.base import (
     LABEL_COLOR,
     LABEL_COMMIT,
@@ -41,6 +42,7 @@ class Engine:
             self.log_path(deployment.id),
             project=deployment.project,
             listeners=listeners,
+            secrets=secrets_of(self.settings),
         )
 
     def log_path(self, deployment_id: int) -> Path:

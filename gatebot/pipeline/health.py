@@ -60,7 +60,8 @@ async def wait_healthy(
 ) -> HealthResult:
     """Poll until one healthy answer, or raise HealthCheckFailed with the last reason.
 
-    A container that has exited or restarted fails at once, with its last log lines.
+    A container that has exited or restarted fails at once; its last log lines travel in the
+    error's `logs`, apart from the reason.
     """
     url = f"http://127.0.0.1:{port}{health.path}"
     if health.start_period:
@@ -103,5 +104,6 @@ async def _require_alive(runtime: Runtime, container: str) -> None:
         if state.restart_count
         else f"exited with code {state.exit_code}"
     )
-    tail = f"; last log lines:\n{logs}" if logs else "; it wrote no log lines"
-    raise HealthCheckFailed(f"container {container} {what}{tail}")
+    if not logs.strip():
+        raise HealthCheckFailed(f"container {container} {what}; it wrote no log lines")
+    raise HealthCheckFailed(f"container {container} {what}", logs=logs)

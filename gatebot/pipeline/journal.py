@@ -3,21 +3,26 @@
 Each stage runs inside `Journal.stage(name)`, which times it, records how it ended, and turns
 any exception into StageFailed(stage, reason) so the pipeline has one failure path. Listeners
 (the CLI's progress printer, the live log stream) get every event as it happens.
+
+Everything is redacted on write (`secrets`: the configuration's secrets), so no secret is at
+rest in the step rows or the log file. A failed container's last log lines (an error's `logs`)
+go to the failed step's output and the log file, never into the reason.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gatebot.errors import GatebotError, StageFailed
+from gatebot.redact import redact
 from gatebot.store.db import utcnow
 from gatebot.store.deployments import Deployments
-from gatebot.vcs import redact_url
 
 log = logging.getLogger("gatebot.pipeline")
 
@@ -44,6 +49,7 @@ class StageRecord:
     lines: list[str] = field(default_factory=list)
 
     def output(self, line: str) -> None:
+        line = self.journal.redact(line)
         self.lines.append(line)
         self.journal.write_log(self.name, line)
         self.journal.emit(JournalEvent(self.journal.deployment_id, "output", self.name, line))
@@ -58,13 +64,15 @@ class Journal:
         *,
         project: str,
         listeners: list[Listener] | None = None,
+        secrets: Iterable[str] = (),
     ) -> None:
+        self.secrets = tuple(secrets)
         self.deployments = deployments
         self.deployment_id = deployment_id
         self.log_path = log_path
         self.project = project
         self.listeners = list(listeners or [])
-        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def emit(self, event: JournalEvent) -> None:
         for listener in self.listeners:
@@ -73,20 +81,24 @@ class Journal:
             except Exception:  # a listener must never break a deploy
                 log.exception("journal listener failed")
 
+    def redact(self, text: str) -> str:
+        return redact(text, self.secrets)
+
     def write_log(self, stage: str, message: str) -> None:
-        with open(self.log_path, "a", encoding="utf-8") as fh:
-            fh.write(f"{utcnow()} [{stage}] {redact_url(message)}\n")
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with open(fd, "a", encoding="utf-8") as fh:
+            fh.write(f"{utcnow()} [{stage}] {self.redact(message)}\n")
 
     async def note(
         self, stage: str, message: str, *, output: str | None = None, duration: float | None = None
     ) -> None:
-        message = redact_url(message)
+        message = self.redact(message)
         self.write_log(stage, message)
         await self.deployments.add_step(
             self.deployment_id,
             stage,
             message,
-            output=redact_url(output) if output else None,
+            output=self.redact(output) if output else None,
             duration=duration,
         )
         log.info(
@@ -108,26 +120,35 @@ class Journal:
         except StageFailed:
             raise
         except GatebotError as exc:
-            await self._failed(record, str(exc), time.monotonic() - started)
-            raise StageFailed(name, redact_url(str(exc))) from exc
+            logs = getattr(exc, "logs", None)
+            logs = self.redact(logs) if isinstance(logs, str) and logs else None
+            reason = self.redact(str(exc))
+            await self._failed(record, reason, time.monotonic() - started, logs)
+            raise StageFailed(name, reason, logs=logs) from exc
         except Exception as exc:
             log.exception("unexpected error in stage %s", name)
-            reason = f"internal error: {type(exc).__name__}: {exc}"
+            reason = self.redact(f"internal error: {type(exc).__name__}: {exc}")
             await self._failed(record, reason, time.monotonic() - started)
-            raise StageFailed(name, redact_url(reason)) from exc
+            raise StageFailed(name, reason) from exc
         duration = time.monotonic() - started
-        output = "\n".join(record.lines) if record.lines else None
-        message = redact_url(record.message or "done")
+        output = self.redact("\n".join(record.lines)) if record.lines else None
+        message = self.redact(record.message or "done")
         self.write_log(name, message)
         await self.deployments.add_step(
             self.deployment_id, name, message, output=output, duration=duration
         )
         self.emit(JournalEvent(self.deployment_id, "done", name, message, duration))
 
-    async def _failed(self, record: StageRecord, reason: str, duration: float) -> None:
-        reason = redact_url(reason)
+    async def _failed(
+        self, record: StageRecord, reason: str, duration: float, logs: str | None = None
+    ) -> None:
         self.write_log(record.name, f"FAILED: {reason}")
-        output = "\n".join(record.lines) if record.lines else None
+        lines = list(record.lines)
+        if logs:
+            lines += ["the container's last log lines:", *logs.splitlines()]
+            for line in logs.splitlines():
+                self.write_log(record.name, f"| {line}")
+        output = self.redact("\n".join(lines)) if lines else None
         await self.deployments.add_step(
             self.deployment_id, record.name, f"failed: {reason}", output=output, duration=duration
         )

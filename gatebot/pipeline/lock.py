@@ -30,7 +30,7 @@ class ProjectLocks:
         Asking never takes the lock (that would make a concurrent deploy fail): the kernel's
         table of locks in /proc/locks answers; only where it is missing do we try the lock.
         """
-        self.lock_dir.mkdir(parents=True, exist_ok=True)
+        self.lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(self.path(project), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             held = _flocked(fd)
@@ -47,7 +47,7 @@ class ProjectLocks:
 
     @asynccontextmanager
     async def hold(self, project: str, purpose: str) -> AsyncIterator[None]:
-        self.lock_dir.mkdir(parents=True, exist_ok=True)
+        self.lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(self.path(project), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             try:

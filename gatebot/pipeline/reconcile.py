@@ -21,6 +21,7 @@ from gatebot.errors import GatebotError, LockHeld
 from gatebot.model import Slot, Status
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.health import wait_healthy
+from gatebot.redact import redact, secrets_of
 from gatebot.runtime.base import LABEL_DEPLOYMENT
 from gatebot.settings import ProjectSettings
 from gatebot.store.deployments import Deployment
@@ -130,7 +131,11 @@ async def _bring_back(engine: Engine, project: ProjectSettings, active: Deployme
     except GatebotError as exc:
         await journal.note("reconcile", f"live container could not be brought back: {exc}")
         await engine.store.deployments.fail(
-            active.id, stage="reconcile", error=f"container could not be brought back: {exc}"
+            active.id,
+            stage="reconcile",
+            error=redact(
+                f"container could not be brought back: {exc}", secrets_of(engine.settings)
+            ),
         )
         return "lost"
     await journal.note("reconcile", f"live container {active.container} {what} and healthy")

@@ -91,7 +91,8 @@ async def choose_target(
     if to is not None:
         target = await deployments.find(project, to)
         if target is None:
-            raise NothingToRollBack(f"{project} has no release {to!r}")
+            shown = to if len(to) <= 80 else to[:79] + "…"
+            raise NothingToRollBack(f"{project} has no release {shown!r}")
         if target.status is Status.ACTIVE:
             raise NothingToRollBack(f"{project} v{target.version} is already live")
         if target.status is not Status.ROLLED_BACK:

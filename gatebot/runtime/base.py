@@ -24,6 +24,8 @@ class BuildSpec:
     # which image each deployment built.
     labels: Mapping[str, str] = field(default_factory=dict)
     build_args: Mapping[str, str] = field(default_factory=dict)
+    # .dockerignore patterns added to the context's own (".git": the checkout's git folder)
+    exclude: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

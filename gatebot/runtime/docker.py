@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import docker
 import docker.errors
+import docker.utils
+from docker.api.build import process_dockerfile
 from docker.models.containers import Container
 
 from gatebot.errors import NameConflict, RuntimeFailure, RuntimeUnavailable
@@ -21,6 +23,22 @@ from gatebot.runtime.base import (
 )
 
 T = TypeVar("T")
+
+
+def build_context(spec: BuildSpec) -> tuple[IO[bytes], str]:
+    """The context as a tar stream, made the way the docker SDK makes it (the context's
+    .dockerignore applies; a Dockerfile outside the context is added under a new name), plus
+    `spec.exclude` among the ignored patterns; and the Dockerfile's name inside it."""
+    root = str(spec.context)
+    patterns: list[str] = []
+    ignore = spec.context / ".dockerignore"
+    if ignore.is_file():
+        lines = ignore.read_text(encoding="utf-8", errors="replace").splitlines()
+        patterns = [p.strip() for p in lines if p.strip() and not p.startswith("#")]
+    patterns += spec.exclude
+    dockerfile = process_dockerfile(spec.dockerfile, root)
+    tar = docker.utils.tar(root, exclude=patterns, dockerfile=dockerfile, gzip=False)
+    return tar, dockerfile[0] or "Dockerfile"
 
 
 class DockerRuntime:
@@ -74,9 +92,11 @@ class DockerRuntime:
 
         def build() -> str:
             image_id = ""
+            context, dockerfile = build_context(spec)
             stream = self._docker().api.build(
-                path=str(spec.context),
-                dockerfile=spec.dockerfile,
+                fileobj=context,
+                custom_context=True,
+                dockerfile=dockerfile,
                 tag=spec.tag,
                 labels=dict(spec.labels),
                 buildargs=dict(spec.build_args),

@@ -1,8 +1,15 @@
-"""The SQLite connection: WAL mode, versioned migrations at open, serialized transactions."""
+"""The SQLite connection: WAL mode, versioned migrations at open, serialized transactions.
+
+The database's folder (the data_dir) is made 0700 and the database 0600 at open, an existing
+one included (SQLite gives its -wal and -shm files the database's mode): the rows hold commit
+messages, errors and step output that only gatebot's user should read.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +24,7 @@ from gatebot.errors import GatebotError
 from gatebot.store.migrations import MIGRATIONS
 
 T = TypeVar("T")
+log = logging.getLogger("gatebot.store")
 
 
 async def _connect(path: Path, opened: list[aiosqlite.Connection]) -> aiosqlite.Connection:
@@ -29,6 +37,20 @@ async def _connect(path: Path, opened: list[aiosqlite.Connection]) -> aiosqlite.
     await conn.execute("PRAGMA busy_timeout=10000")
     await conn.execute("PRAGMA synchronous=NORMAL")
     return conn
+
+
+def private_files(path: Path) -> None:
+    """Create `path`'s folder 0700 and the file 0600 (or tighten them when they exist)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.parent.stat().st_mode & 0o077:
+        try:
+            path.parent.chmod(0o700)
+        except PermissionError:  # someone else's folder: the files below are 0600 still
+            log.warning("cannot make %s private (mode 0700): not its owner", path.parent)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if file.exists() and file.stat().st_mode & 0o077:
+            file.chmod(0o600)
 
 
 def utcnow() -> str:
@@ -51,7 +73,10 @@ class Database:
 
     @classmethod
     async def open(cls, path: Path) -> Database:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            private_files(path)
+        except OSError as exc:
+            raise GatebotError(f"cannot open database {path}: {exc.strerror}") from None
         opened: list[aiosqlite.Connection] = []
         try:
             conn = await _connect(path, opened)

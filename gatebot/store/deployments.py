@@ -9,6 +9,7 @@ import aiosqlite
 
 from gatebot.errors import GatebotError
 from gatebot.model import Color, Slot, Status, check_transition
+from gatebot.numbers import parse_count
 from gatebot.store.db import Database, utcnow
 
 
@@ -107,15 +108,15 @@ class Deployments:
 
     async def find(self, project: str, ref: str) -> Deployment | None:
         """A deployment by version number (``3`` or ``v3``) or by commit SHA prefix (7+ chars)."""
-        number = ref.removeprefix("v")
-        if number.isdigit():
+        number = parse_count(ref.removeprefix("v"))
+        if number is not None:
             row = await self.db.fetchone(
                 "SELECT * FROM deployments WHERE project = ? AND version = ?",
-                (project, int(number)),
+                (project, number),
             )
             if row:
                 return Deployment.from_row(row)
-        if len(ref) >= 7 and all(c in "0123456789abcdef" for c in ref.lower()):
+        if 7 <= len(ref) <= 64 and all(c in "0123456789abcdef" for c in ref.lower()):
             row = await self.db.fetchone(
                 "SELECT * FROM deployments WHERE project = ? AND commit_sha LIKE ? "
                 "AND status IN ('ACTIVE', 'ROLLED_BACK') ORDER BY version DESC LIMIT 1",

@@ -11,6 +11,7 @@ import asyncio
 import json
 import sqlite3
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -393,3 +394,11 @@ class Deliveries:
     async def count(self) -> int:
         row = await self.db.fetchone("SELECT COUNT(*) FROM deliveries")
         return int(row[0]) if row else 0
+
+    async def prune(self, keep: timedelta, *, now: datetime | None = None) -> int:
+        """Forget deliveries received more than `keep` ago; how many were removed. A delivery
+        older than that is no longer recognised as a duplicate (or a replayed body)."""
+        cutoff = ((now or datetime.now(UTC)) - keep).isoformat(timespec="milliseconds")
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute("DELETE FROM deliveries WHERE received_at < ?", (cutoff,))
+            return cursor.rowcount

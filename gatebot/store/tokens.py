@@ -80,7 +80,7 @@ class Tokens:
 
     async def create(self, name: str, scope: str = "read") -> tuple[Token, str]:
         """A new token named `name`; returns it and its secret text (shown once, never kept)."""
-        if not TOKEN_NAME.match(name):
+        if not TOKEN_NAME.fullmatch(name):
             raise TokenError(
                 f"{name!r} is not a valid token name: 1 to 64 letters, digits, '_', '.', '@' "
                 "or '-', starting with a letter or digit"
@@ -131,7 +131,7 @@ class Tokens:
 
     async def authenticate(self, presented: str) -> Token | None:
         """The live token `presented` is, or None. Hashes are compared in constant time."""
-        match = _TOKEN.match(presented)
+        match = _TOKEN.fullmatch(presented)
         row = (
             await self.db.fetchone(
                 "SELECT * FROM tokens WHERE lookup = ?", (match.group("lookup"),)
@@ -140,7 +140,9 @@ class Tokens:
             else None
         )
         stored = str(row["hash"]) if row is not None else _DUMMY_HASH
-        matches = hmac.compare_digest(stored, hash_token(presented))
+        # Only a well-formed token (ASCII, by its pattern) is hashed: a header with bytes that
+        # are not UTF-8 arrives with lone surrogates, which cannot be encoded.
+        matches = hmac.compare_digest(stored, hash_token(presented if match else PREFIX))
         if row is None or not matches:
             return None
         token = Token.from_row(row)

@@ -189,8 +189,12 @@ async def test_a_locked_database_gets_503_with_retry_after_within_the_limit_and_
         "X-GitHub-Delivery": "during-the-lock",
         "X-Hub-Signature-256": github_signature(body),
     }
-    holder = sqlite3.connect(tmp_path / "data" / "gatebot.db", isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    holder = sqlite3.connect(
+        tmp_path / "data" / "gatebot.db", isolation_level=None, timeout=10, check_same_thread=False
+    )
+    # Another process takes the write lock (in a thread: the app's own start-up writes, which
+    # need this event loop, finish first).
+    await asyncio.to_thread(holder.execute, "BEGIN IMMEDIATE")
     try:
         started = time.monotonic()
         response = await client.post("/webhooks/github", data=body, headers=headers)

@@ -327,6 +327,26 @@ async def test_bad_argument_gets_a_usage_reply_and_runs_nothing(
     assert len(await client.app[ENGINE].store.jobs.recent()) == 3
 
 
+async def test_a_huge_version_gets_a_clear_reply_not_an_internal_error(
+    start_server: ClientFactory, setup: Setup, github: tuple[FakeGitHub, str]
+) -> None:
+    fake, url = github
+    client, repo = await github_server(start_server, setup, fake, url)
+    sha = setup.repo.commit("v1")
+    fake.set_permission(repo, "alice", "write")
+    body = "/rollback to 99999999999999999999"  # a 20-digit version once overflowed SQLite
+    response = await post_github(
+        client, "commit_comment", comment_payload(repo, sha, body, "alice")
+    )
+    assert response.status == 202  # which release it means is decided when the job runs
+    await settle(client)
+    replies = fake.comments(repo, sha)
+    assert len(replies) == 1 and "has no release '99999999999999999999'" in replies[0]
+    assert "internal error" not in replies[0]
+    [job] = await client.app[ENGINE].store.jobs.recent()
+    assert job.state == "failed" and "has no release" in (job.error or "")
+
+
 async def test_gitlab_statuses_and_rollback_note(
     start_server: ClientFactory, setup: Setup, gitlab: tuple[FakeGitLab, str]
 ) -> None:

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from gatebot.api.keys import QUEUE
+from gatebot.app import create_app
 from gatebot.metrics import event_label, webhook_outcome
-from tests.api.conftest import ClientFactory
+from tests.api.conftest import ClientFactory, server_settings
 from tests.api.test_v1 import auth
 from tests.conftest import Setup
 from tests.deliveries import github_delivery, github_push_payload
+from tests.http import raw_exchange, status_of
 
 Client = TestClient[Any, Any]
 
@@ -133,3 +139,53 @@ async def test_forge_calls_are_counted_by_outcome() -> None:
     text = metrics.exposition().decode()
     assert 'gatebot_forge_api_calls_total{forge="github",outcome="ok"} 2.0' in text
     assert 'gatebot_forge_api_calls_total{forge="github",outcome="error"} 1.0' in text
+
+
+async def test_a_client_gone_mid_body_is_no_error_and_a_silent_one_times_out(
+    setup: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A server as `gatebot serve` runs it: aiohttp's test server cancels the handler of a
+    # client that goes away, which `serve` does not.
+    settings = server_settings(setup, queue={"paused": True}, server={"body_timeout": 0.5})
+    runner = web.AppRunner(create_app(settings))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    head = (
+        b"POST /webhooks/github HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: push\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    )
+    try:
+        # Headers and part of the body, then the client goes away.
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(head + b'{"ref": "refs/heads/main",')
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.close()
+        await writer.wait_closed()
+        # Headers and part of the body, then silence: answered 408 and disconnected in time.
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        answer = await raw_exchange(host, port, head + b'{"ref":', timeout=5.0)
+        assert status_of(answer) == 408 and b"request_timeout" in answer
+        assert loop.time() - started < 3.0
+        await asyncio.sleep(0.2)
+        async with aiohttp.ClientSession(f"http://{host}:{port}") as session:
+            samples = await scrape(session)  # type: ignore[arg-type]
+    finally:
+        await runner.cleanup()
+    webhook = "gatebot_webhooks_received_total"
+    assert value(samples, webhook, forge="github", event="push", outcome="client_closed") == 1
+    assert value(samples, webhook, forge="github", event="push", outcome="timeout") == 1
+    assert value(samples, webhook, forge="github", event="push", outcome="error") == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert "Traceback" not in caplog.text
+
+
+async def test_405_keeps_its_allow_header(start_server: ClientFactory) -> None:
+    client = await start_server(queue={"paused": True})
+    response = await client.get("/webhooks/github")
+    assert response.status == 405
+    assert (await response.json())["error"] == "method_not_allowed"
+    assert "POST" in response.headers["Allow"]

@@ -91,9 +91,13 @@ async def test_last_event_id_resumes_after_that_event_only(
         client, f"/deployments/{d.id}/events?after=0.0", {**headers, "Last-Event-ID": whole[8][1]}
     )
     assert page_stream[1:-1] == whole[9:-1]
-    # A malformed header starts over.
-    again = await stream(client, path, {**headers, "Last-Event-ID": "garbage"})
-    assert again == whole
+    # A malformed header starts over, odd numbers included (they once ended the stream).
+    for odd in ("garbage", "0.99999999999999999999", "².0", "0." + "9" * 5000):
+        again = await stream(client, path, {**headers, "Last-Event-ID": odd})
+        assert again == whole, odd
+    for query in ("%C2%B2.0", "0.99999999999999999999"):
+        page_stream = await stream(client, f"/deployments/{d.id}/events?after={query}", headers)
+        assert page_stream == whole, query
 
 
 async def test_a_client_reconnecting_mid_deploy_misses_nothing_and_gets_nothing_twice(

@@ -308,6 +308,38 @@ async def test_jobs_are_listed_paged_and_cancelled(
         assert response.status == 400, query
 
 
+async def test_odd_numbers_answer_4xx_in_the_error_shape_never_500(
+    start_server: ClientFactory, setup: Setup
+) -> None:
+    client = await start_server(queue={"paused": True})
+    headers = await auth(client)
+    nines = "9" * 5000
+    for query in ("limit=%C2%B2", "offset=%C2%B2", "limit=%D9%A3", f"offset={nines}"):
+        response = await client.get(f"/api/v1/jobs?{query}", headers=headers)
+        assert response.status == 400, query
+        assert (await response.json())["error"] == "bad_request"
+    for path in (
+        f"/api/v1/jobs/{nines}",
+        "/api/v1/jobs/%D9%A3",  # an Arabic-Indic 3: a digit to \\d, not to gatebot
+        f"/api/v1/deployments/{nines}",
+        f"/api/v1/deployments/{nines}/logs",
+        f"/deployments/{nines}",
+        f"/deployments/{nines}/events",
+    ):
+        response = await client.get(path, headers=headers)
+        assert response.status == 404, path
+        if path.startswith("/api/"):
+            assert (await response.json())["error"] == "not_found"
+    assert (await client.delete(f"/api/v1/jobs/{nines}", headers=headers)).status == 404
+    for to in ("99999999999999999999", "²", "v99999999999999999999", nines):
+        response = await client.post(
+            f"/api/v1/projects/{setup.name}/rollback", json={"to": to}, headers=headers
+        )
+        assert response.status == 422, to
+        body = await response.json()
+        assert body["error"] == "unprocessable" and len(body["message"]) < 200
+
+
 async def test_deployments_are_listed_newest_first_a_page_at_a_time(
     start_server: ClientFactory, setup: Setup
 ) -> None:

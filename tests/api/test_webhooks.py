@@ -25,6 +25,7 @@ from tests.deliveries import (
     gitlab_push_payload,
 )
 from tests.forges import fixture
+from tests.http import raw_exchange, status_of
 from tests.pipeline.test_deploy import live_version
 
 Client = TestClient[Any, Any]
@@ -339,3 +340,78 @@ async def test_a_replayed_body_under_a_new_delivery_id_is_a_duplicate(
     assert first.status == 202
     assert replay.status == 200 and (await replay.json())["duplicate"] is True
     assert len(await job_rows(client)) == 1
+
+
+# --- bytes that are not UTF-8 -----------------------------------------------------------------
+
+
+def raw_post(path: str, headers: dict[str, bytes], body: bytes) -> bytes:
+    lines = [f"POST {path} HTTP/1.1".encode(), b"Host: 127.0.0.1", b"Connection: close"]
+    lines += [name.encode() + b": " + value for name, value in headers.items()]
+    lines.append(f"Content-Length: {len(body)}".encode())
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+async def test_header_bytes_that_are_not_utf8_answer_4xx_never_500(
+    start_server: ClientFactory, setup: Setup
+) -> None:
+    client = await start_server(queue={"paused": True})
+    host, port = str(client.server.host), int(client.server.port or 0)
+    body, headers = github_delivery("push", github_push_payload(f"acme/{setup.name}", "a" * 40))
+    signed = {k: v.encode() for k, v in headers.items()}
+    cases = [
+        ({**signed, "X-Hub-Signature-256": b"sha256=\xff\xa0"}, 401),
+        ({**signed, "X-GitHub-Delivery": b"\xff-delivery"}, 400),
+        ({**signed, "X-GitHub-Event": b"pu\xffsh"}, 400),
+    ]
+    for hdrs, expected in cases:
+        answer = await raw_exchange(host, port, raw_post("/webhooks/github", hdrs, body))
+        assert status_of(answer) == expected, (hdrs, answer[:200])
+    gitlab = {"Content-Type": b"application/json", "X-Gitlab-Event": b"Push Hook"}
+    for name in ("X-Gitlab-Token", "webhook-id", "webhook-signature", "Idempotency-Key"):
+        hdrs = {**gitlab, name: b"\xff\xa0"}
+        answer = await raw_exchange(host, port, raw_post("/webhooks/gitlab", hdrs, b"{}"))
+        assert status_of(answer) in (400, 401), (name, answer[:200])
+    assert await client.app[ENGINE].store.jobs.recent() == []
+    # The API's and the pages' token check too.
+    for path in ("/api/v1/jobs", "/deployments/1"):
+        request = f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n".encode()
+        request += b"Authorization: Bearer gb_x\xa0\r\nCookie: gatebot_token=gb_\xff\r\n\r\n"
+        assert status_of(await raw_exchange(host, port, request)) == 401, path
+
+
+async def test_a_lone_surrogate_in_a_signed_payload_is_a_400(
+    start_server: ClientFactory, setup: Setup
+) -> None:
+    client = await start_server(queue={"paused": True})
+    payload = github_push_payload(f"acme/{setup.name}", "a" * 40)
+    payload["sender"]["login"] = "\ud800"  # json.dumps writes it as the escape "\\ud800"
+    body = json.dumps(payload)
+    assert "\\ud800" in body
+    response = await post_github(client, "push", body.encode())
+    assert response.status == 400
+    assert "sender.login is not valid Unicode text" in (await response.json())["message"]
+
+
+async def test_deliveries_older_than_the_window_are_forgotten_at_start(
+    start_server: ClientFactory, setup: Setup
+) -> None:
+    import asyncio
+
+    from gatebot.store import Store
+
+    store = await Store.open(setup.data_dir / "gatebot.db")
+    await store.jobs.enqueue([], delivery=("github", "old", "push", "digest-old"))
+    await store.jobs.enqueue([], delivery=("github", "new", "push", "digest-new"))
+    await store.db.execute(
+        "UPDATE deliveries SET received_at = '2000-01-01T00:00:00.000+00:00'"
+        " WHERE delivery_id = 'old'"
+    )
+    await store.close()
+    client = await start_server(queue={"paused": True}, server={"deliveries_keep_days": 7})
+    deliveries = client.app[ENGINE].store.deliveries
+    for _ in range(100):
+        if await deliveries.count() == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert await deliveries.count() == 1

@@ -360,3 +360,49 @@ def test_header_names_are_case_insensitive() -> None:
         {"x-github-event": "ping", "x-github-delivery": "d-lower"}, fixture("github_ping.json")
     )
     assert event == Ping(forge="github", delivery_id="d-lower", repo="acme/shop")
+
+
+# --- bytes that are not UTF-8, text that is not Unicode -------------------------------------
+
+# aiohttp decodes header bytes with surrogateescape: b"\xff" arrives as "\udcff".
+NOT_UTF8 = b"\xff\xa0".decode("utf-8", "surrogateescape")
+
+
+@pytest.mark.parametrize("value", [f"sha256={NOT_UTF8}", f"sha256=ab{NOT_UTF8}", "sha256=é"])
+def test_a_signature_header_that_is_not_ascii_is_refused_with_401(value: str) -> None:
+    body = fixture_bytes("github_push.json")
+    with pytest.raises(WebhookRejected) as exc_info:
+        verify_signature(body, value, SECRET)
+    rejected(exc_info, 401)
+
+
+@pytest.mark.parametrize("name", ["X-GitHub-Delivery", "X-GitHub-Event"])
+def test_a_delivery_or_event_header_that_is_not_utf8_is_a_400(name: str) -> None:
+    hdrs = {**headers("push"), name: f"abc{NOT_UTF8}"}
+    with pytest.raises(WebhookRejected) as exc_info:
+        parse_event(hdrs, fixture("github_push.json"))
+    assert f"header {name} is not UTF-8 text" in rejected(exc_info, 400).public_message
+
+
+@pytest.mark.parametrize(
+    "path", [("sender", "login"), ("repository", "full_name"), ("ref",), ("pusher", "name")]
+)
+def test_a_lone_surrogate_in_a_payload_string_is_a_400(path: tuple[str, ...]) -> None:
+    payload = fixture("github_push.json")
+    node = payload
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = json.loads('"a\\ud800b"')  # what a JSON escape of a lone surrogate gives
+    if path == ("pusher", "name"):
+        del payload["sender"]
+    with pytest.raises(WebhookRejected) as exc_info:
+        parse_event(headers("push"), payload)
+    assert "is not valid Unicode text" in rejected(exc_info, 400).public_message
+
+
+def test_a_lone_surrogate_in_a_comment_body_is_a_400() -> None:
+    payload = fixture("github_commit_comment.json")
+    payload["comment"]["body"] = "/rollback \ud800"
+    with pytest.raises(WebhookRejected) as exc_info:
+        parse_event(headers("commit_comment"), payload)
+    rejected(exc_info, 400)

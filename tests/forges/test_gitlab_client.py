@@ -292,7 +292,7 @@ async def test_gives_up_when_the_budget_is_spent(
     assert caught.value.status == 503
     assert clock.sleeps == [0.5, 1.0, 2.0, 0.5]
     assert TOKEN not in str(caught.value)
-    assert "[redacted]" in str(caught.value)
+    assert "***" in str(caught.value)
 
 
 async def test_a_github_repository_is_refused(make_client: ClientFactory, fake: FakeGitLab) -> None:

@@ -515,3 +515,52 @@ def test_missing_delivery_id_is_400() -> None:
     with pytest.raises(WebhookRejected) as exc_info:
         parse_event({"X-Gitlab-Event": "Push Hook"}, fixture("gitlab_push.json"))
     rejected(exc_info, 400)
+
+
+# --- bytes that are not UTF-8, text that is not Unicode -------------------------------------
+
+NOT_UTF8 = b"\xff\xa0".decode("utf-8", "surrogateescape")  # as aiohttp hands such a header over
+
+
+def test_a_token_header_that_is_not_utf8_is_refused_not_a_crash() -> None:
+    with pytest.raises(WebhookRejected) as exc_info:
+        verify(
+            {"X-Gitlab-Token": TOKEN + NOT_UTF8}, b"{}", token=TOKEN, signing_token=None, now=NOW
+        )
+    assert exc_info.value.status in (400, 401)
+    with pytest.raises(WebhookRejected) as exc_info:
+        verify_token(TOKEN + NOT_UTF8, TOKEN)
+    rejected(exc_info, 401)
+
+
+@pytest.mark.parametrize("name", ["webhook-id", "webhook-signature", "webhook-timestamp"])
+def test_signing_headers_that_are_not_utf8_are_refused_not_a_crash(name: str) -> None:
+    body = fixture_bytes("gitlab_push.json")
+    hdrs = {**signed_headers(body), name: "v1," + NOT_UTF8}
+    with pytest.raises(WebhookRejected) as exc_info:
+        verify_signing(hdrs, body, SIGNING_TOKEN, NOW)
+    assert exc_info.value.status in (400, 401)
+
+
+def test_a_signature_that_is_not_ascii_is_refused_with_401() -> None:
+    body = fixture_bytes("gitlab_push.json")
+    hdrs = signed_headers(body, sig="v1,é" + signature(body).partition(",")[2])
+    with pytest.raises(WebhookRejected) as exc_info:
+        verify_signing(hdrs, body, SIGNING_TOKEN, NOW)
+    rejected(exc_info, 401)
+
+
+@pytest.mark.parametrize("name", ["Idempotency-Key", "X-Gitlab-Event"])
+def test_a_delivery_or_event_header_that_is_not_utf8_is_a_400(name: str) -> None:
+    hdrs = {**gl_headers("Push Hook"), name: "x" + NOT_UTF8}
+    with pytest.raises(WebhookRejected) as exc_info:
+        parse_event(hdrs, fixture("gitlab_push.json"))
+    assert "is not UTF-8 text" in rejected(exc_info, 400).public_message
+
+
+def test_a_lone_surrogate_in_the_user_name_is_a_400() -> None:
+    payload = fixture("gitlab_push.json")
+    payload["user_username"] = "a\ud800"
+    with pytest.raises(WebhookRejected) as exc_info:
+        parse_event(gl_headers("Push Hook"), payload)
+    assert "is not valid Unicode text" in rejected(exc_info, 400).public_message

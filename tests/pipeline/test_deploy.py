@@ -130,10 +130,49 @@ async def test_crash_looping_container_fails_fast_with_its_logs(
     with pytest.raises(StageFailed) as caught:
         await deploy(engine, setup.name, trigger="test")
     assert caught.value.stage == "health"
-    assert "cannot open database" in caught.value.reason
+    assert f"container gatebot-{setup.name}-green " in caught.value.reason
+    # The app's log lines travel apart from the reason, which statuses and replies show.
+    assert caught.value.logs is not None and "cannot open database" in caught.value.logs
+    assert "cannot open database" not in caught.value.reason
     assert loop.time() - started < 30
     assert await live_version(setup) == "v1"
     assert container_names(docker_client, setup.name) == {f"gatebot-{setup.name}-blue"}
+    failed = (await engine.store.deployments.history(setup.name))[0]
+    assert failed.error is not None and "cannot open database" not in failed.error
+    health = [s for s in await engine.store.deployments.steps(failed.id) if s.stage == "health"]
+    assert "cannot open database" in (health[-1].output or "")
+    assert "cannot open database" in engine.log_path(failed.id).read_text()
+
+
+LEAKY = "#!/bin/sh\necho \"connecting with DB_PASSWORD=$DB_PASSWORD\" >&2\nexit 3\n"
+
+
+async def test_secrets_an_app_logs_are_redacted_before_they_are_stored(
+    engine: Engine, setup: Setup
+) -> None:
+    secret = "hunter2-database-password"
+    setup.repo.commit("v1-leaky", start_script=LEAKY)
+    engine.settings = setup.settings(env={"DB_PASSWORD": secret}, health={"retries": 600})
+    with pytest.raises(StageFailed) as caught:
+        await deploy(engine, setup.name, trigger="test")
+    assert caught.value.logs is not None and "DB_PASSWORD=***" in caught.value.logs
+    failed = (await engine.store.deployments.history(setup.name))[0]
+    rows = [failed.error or ""] + [
+        f"{s.message} {s.output}" for s in await engine.store.deployments.steps(failed.id)
+    ]
+    assert any("DB_PASSWORD=***" in row for row in rows)
+    assert not any(secret in row for row in rows)
+    log_file = engine.log_path(failed.id)
+    assert "DB_PASSWORD=***" in log_file.read_text() and secret not in log_file.read_text()
+    assert log_file.stat().st_mode & 0o777 == 0o600
+    data_dir = engine.settings.server.data_dir
+    for stored in data_dir.glob("gatebot.db*"):  # the WAL included
+        assert secret.encode() not in stored.read_bytes()
+    for path in [data_dir, *data_dir.iterdir(), *(data_dir / "logs").iterdir()]:
+        if path.is_dir():
+            assert path.stat().st_mode & 0o777 == 0o700, path
+        else:
+            assert path.stat().st_mode & 0o777 == 0o600, path
 
 
 async def test_nginx_test_failure_restores_the_previous_file(engine: Engine, setup: Setup) -> None:

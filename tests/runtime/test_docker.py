@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
 import os
 import shutil
+import tarfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,7 +20,8 @@ import docker.errors
 import pytest
 
 from gatebot.devtools import free_port
-from gatebot.errors import NameConflict, RuntimeFailure, RuntimeUnavailable
+from gatebot.errors import NameConflict, RuntimeFailure, RuntimeUnavailable, SourceError
+from gatebot.pipeline.deploy import build_spec
 from gatebot.runtime.base import (
     LABEL_MANAGED,
     LABEL_PROJECT,
@@ -25,6 +29,7 @@ from gatebot.runtime.base import (
     ContainerSpec,
 )
 from gatebot.runtime.docker import DockerRuntime
+from gatebot.settings import ProjectSettings
 from tests.harness import BUSYBOX, SAMPLE_APP
 from tests.http import get_text
 
@@ -197,6 +202,84 @@ async def test_build_streams_output_and_returns_the_id(
     assert LABEL_MANAGED not in image.labels
     assert any(line.startswith("Step 1/") for line in lines), lines
     assert all(line.strip() and "\n" not in line for line in lines)
+
+
+def _project(**overrides: Any) -> ProjectSettings:
+    return ProjectSettings(name="shop", repo="file:///srv/git/shop", base_port=3100, **overrides)
+
+
+def _checkout_with_credentials(root: Path) -> Path:
+    """A checkout as an older gatebot left it: the clone URL, password included, in .git."""
+    (root / ".git").mkdir(parents=True)
+    (root / ".git" / "config").write_text(
+        '[remote "origin"]\n\turl = http://deploy:s3cret-pass@127.0.0.1/x.git\n'
+    )
+    (root / "app.txt").write_text("app\n")
+    (root / "Dockerfile").write_text("FROM scratch\nCOPY . /src/\n")
+    return root
+
+
+def _image_files(client: docker.DockerClient, tag: str) -> tuple[set[str], bytes]:
+    """The paths in an image's layers and the raw bytes of the saved image."""
+    raw = b"".join(client.images.get(tag).save())
+    names: set[str] = set()
+    with tarfile.open(fileobj=io.BytesIO(raw)) as image:
+        for member in image.getmembers():
+            if member.name.endswith(".tar") or member.name.startswith("blobs/"):
+                layer = image.extractfile(member)
+                if layer is None:
+                    continue
+                try:
+                    with tarfile.open(fileobj=io.BytesIO(layer.read())) as files:
+                        names |= set(files.getnames())
+                except tarfile.TarError:
+                    continue
+    return names, raw
+
+
+@pytest.mark.parametrize("include_git", [False, True])
+async def test_the_checkouts_git_folder_stays_out_of_the_image_unless_asked(
+    runtime: DockerRuntime,
+    project: Callable[[], str],
+    tmp_path: Path,
+    docker_client: docker.DockerClient,
+    include_git: bool,
+) -> None:
+    name = project()
+    tag = f"gatebot-test/{name}:1"
+    root = _checkout_with_credentials(tmp_path / "checkout")
+    spec = build_spec(root, _project(build_include_git=include_git), tag)
+    await runtime.build(replace(spec, labels=labels(name)), lambda line: None)
+    names, raw = _image_files(docker_client, tag)
+    assert "src/app.txt" in names
+    assert ("src/.git/config" in names) is include_git
+    assert (b"s3cret-pass" in raw) is include_git
+
+
+async def test_a_dockerfile_outside_the_context_inside_the_checkout_builds(
+    runtime: DockerRuntime, project: Callable[[], str], tmp_path: Path
+) -> None:
+    name = project()
+    root = tmp_path / "checkout"
+    (root / "app").mkdir(parents=True)
+    (root / "app" / "app.txt").write_text("app\n")
+    (root / "docker").mkdir()
+    (root / "docker" / "Dockerfile").write_text("FROM scratch\nCOPY app.txt /app.txt\n")
+    spec = build_spec(root, _project(context="app", dockerfile="../docker/Dockerfile"), "x")
+    tag = f"gatebot-test/{name}:1"
+    await runtime.build(replace(spec, tag=tag, labels=labels(name)), lambda line: None)
+    assert await runtime.image_exists(tag)
+
+
+def test_a_symbolic_link_out_of_the_checkout_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "checkout"
+    root.mkdir()
+    (root / "up").symlink_to(tmp_path)
+    (root / "passwd").symlink_to("/etc/passwd")
+    with pytest.raises(SourceError, match="context 'up/x' leads outside the checkout"):
+        build_spec(root, _project(context="up/x"), "x")
+    with pytest.raises(SourceError, match="dockerfile 'passwd' leads outside the checkout"):
+        build_spec(root, _project(dockerfile="passwd"), "x")
 
 
 async def test_build_failure_is_a_runtime_failure(

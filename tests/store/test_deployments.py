@@ -310,6 +310,16 @@ async def test_find_by_version_v_prefix_and_sha_prefix(store: Store) -> None:
     assert await find("shop", "nothing") is None
 
 
+@pytest.mark.parametrize(
+    "ref", ["99999999999999999999", "v99999999999999999999", "²", "v²", "٣", "9" * 5000, ""]
+)
+async def test_find_with_an_odd_number_finds_nothing_and_never_raises(
+    store: Store, ref: str
+) -> None:
+    await live(store.deployments, sha=SHA_A)
+    assert await store.deployments.find("shop", ref) is None
+
+
 async def test_find_by_sha_skips_releases_that_never_went_live(store: Store) -> None:
     one = await live(store.deployments, sha=SHA_A)
     await live(store.deployments, sha=SHA_B, color="green")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from gatebot.model import JobKind, Origin, OriginKind, Slot
 from gatebot.store import NewJob, Store
 
@@ -56,5 +58,27 @@ async def test_an_interrupted_job_is_requeued_once(tmp_path: Path) -> None:
         assert await store.jobs.claim(retry.id)  # ... and gatebot dies again
         failed, requeued = await store.jobs.recover_interrupted()
         assert [f.id for f in failed] == [retry.id] and requeued == []
+    finally:
+        await store.close()
+
+
+async def test_deliveries_older_than_the_window_are_forgotten(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from gatebot.store.jobs import DuplicateDelivery
+
+    store = await Store.open(tmp_path / "gatebot.db")
+    try:
+        delivery = ("github", "d-1", "push", "digest-1")
+        await store.jobs.enqueue([], delivery=delivery)
+        await store.jobs.enqueue([], delivery=("github", "d-2", "push", "digest-2"))
+        week = timedelta(days=7)
+        now = datetime.now(UTC)
+        assert await store.deliveries.prune(week, now=now + timedelta(days=6)) == 0
+        with pytest.raises(DuplicateDelivery):  # still within the window: a duplicate
+            await store.jobs.enqueue([], delivery=delivery)
+        assert await store.deliveries.prune(week, now=now + timedelta(days=8)) == 2
+        assert await store.deliveries.count() == 0
+        await store.jobs.enqueue([], delivery=delivery)  # forgotten: accepted again
     finally:
         await store.close()

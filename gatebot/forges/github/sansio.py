@@ -52,10 +52,10 @@ def verify_signature(body: bytes, signature_header: str | None, secret: str) -> 
     if signature_header is None:
         raise WebhookRejected.unauthorized(f"{SIGNATURE_HEADER} header is missing")
     scheme, sep, digest = signature_header.strip().partition("=")
-    if scheme != "sha256" or not sep or not digest:
+    if scheme != "sha256" or not sep or not digest or not digest.isascii():
         raise WebhookRejected.unauthorized(f"{SIGNATURE_HEADER} is not sha256=<hex digest>")
     expected = hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected.encode("ascii"), digest.lower().encode("utf-8")):
+    if not hmac.compare_digest(expected.encode("ascii"), digest.lower().encode("ascii")):
         raise WebhookRejected.unauthorized(f"{SIGNATURE_HEADER} does not match the body")
 
 

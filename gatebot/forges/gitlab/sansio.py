@@ -67,7 +67,8 @@ def verify_token(header_value: str | None, expected: str) -> None:
         raise WebhookRejected.unauthorized("no GitLab webhook token is configured")
     if header_value is None:
         raise WebhookRejected.unauthorized(f"{TOKEN_HEADER} header is missing")
-    if not hmac.compare_digest(header_value.encode("utf-8"), expected.encode("utf-8")):
+    presented = header_value.encode("utf-8", "surrogateescape")  # the bytes as sent
+    if not hmac.compare_digest(presented, expected.encode("utf-8")):
         raise WebhookRejected.unauthorized(f"{TOKEN_HEADER} does not match")
 
 
@@ -118,8 +119,9 @@ def verify_signing(
     matched = False
     for entry in signatures.split():
         version, sep, value = entry.partition(",")
-        if version == "v1" and sep and hmac.compare_digest(value.encode("utf-8"), expected):
-            matched = True
+        if version == "v1" and sep and value.isascii():
+            if hmac.compare_digest(value.encode("ascii"), expected):
+                matched = True
     if not matched:
         raise WebhookRejected.unauthorized(f"no {SIGNATURE_HEADER} entry matches the delivery")
 
