@@ -277,7 +277,7 @@ def _history_row(d: Deployment, base: str | None, secrets: list[str]) -> str:
     return (
         f'<tr data-deployment="{d.id}"><td class="num"><a href="/deployments/{d.id}">'
         f"v{d.version}</a></td><td>{_status(d)}</td><td>{_commit(d, base, secrets)}</td>"
-        f"<td>{e(d.trigger)}</td><td class=\"num\">{e(clock(d.created_at))}</td>"
+        f'<td>{e(d.trigger)}</td><td class="num">{e(clock(d.created_at))}</td>'
         f'<td class="num">{e(took(d))}</td><td>{_error(d, secrets)}</td></tr>'
     )
 

@@ -90,8 +90,13 @@ class Sessions:
         return len(self._open)
 
     def _prune(self) -> None:
+        """Drop expired sessions: the oldest first (all live equally long), so this stops at
+        the first live one."""
         now = self.clock()
-        for key in [k for k, s in self._open.items() if s.expires_at <= now]:
+        while self._open:
+            key, oldest = next(iter(self._open.items()))
+            if oldest.expires_at > now:
+                break
             del self._open[key]
 
 
