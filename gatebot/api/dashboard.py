@@ -75,11 +75,21 @@ MAX_FORM = 16 * 1024
 RECENT_JOBS = 10
 
 
+STOPPING = web.AppKey("dashboard_stopping", asyncio.Event)  # set when the server shuts down
+
+
 def install(app: web.Application, settings: Settings) -> None:
     """Add the dashboard's routes and its state (sessions, the sign-in throttle) to `app`."""
     app[SESSIONS] = Sessions(settings.server.session_hours * 3600)
     app[THROTTLE] = SignInThrottle()
+    app[STOPPING] = asyncio.Event()
+    app.on_shutdown.append(_stop_streams)
     app.add_routes(routes)
+
+
+async def _stop_streams(app: web.Application) -> None:
+    """The overview's streams never end by themselves: end them so shutdown need not wait."""
+    app[STOPPING].set()
 
 
 # --- who looks --------------------------------------------------------------------------------
@@ -259,11 +269,22 @@ async def overview_events(request: web.Request) -> web.StreamResponse:
             elif loop.time() - quiet_since > sse.KEEPALIVE_SECONDS:
                 await response.write(b": keepalive\n\n")
                 quiet_since = loop.time()
-            await asyncio.sleep(POLL_SECONDS)
+            if await _stopping_within(request.app[STOPPING], POLL_SECONDS):
+                break
+            if request.transport is None or request.transport.is_closing():
+                return response  # the browser went away
     except ConnectionResetError:
         return response
     await response.write_eof()
     return response
+
+
+async def _stopping_within(stopping: asyncio.Event, seconds: float) -> bool:
+    try:
+        await asyncio.wait_for(stopping.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True
 
 
 async def _project_page(

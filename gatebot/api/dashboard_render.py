@@ -345,8 +345,7 @@ def render_project(
     )
     body = f"""{top_bar(bar)}
 {_notice(notice, problem)}
-<header><h1>{e(p.name)}</h1><span class="dim">{e(p.branch)} · {e(redact_url(p.repo))}</span>
-</header>
+<header><h1>{e(p.name)}</h1></header>
 <ul class="projects">{project_card(state, secrets)}</ul>
 {actions}
 <h2 id="jobs-title">Recent jobs</h2>{jobs_table}

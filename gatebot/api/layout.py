@@ -21,7 +21,7 @@ body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;
 max-width:60rem;padding:1rem}
 a{color:inherit}a:hover{text-decoration-thickness:2px}
 :focus-visible{outline:3px solid #0969da;outline-offset:2px}
-header{display:flex;flex-wrap:wrap;gap:.5rem 1rem;align-items:center}
+header{display:flex;flex-wrap:wrap;gap:.5rem 1rem;align-items:center;overflow-wrap:anywhere}
 h1{font-size:1.35rem;margin:0}h2{font-size:1.05rem;margin:1.5rem 0 .5rem}
 .status{font-weight:600;border-radius:1rem;padding:.1rem .7rem;border:1px solid currentColor}
 .s-ACTIVE{color:var(--ok)}.s-FAILED{color:var(--bad)}.s-DEPLOYING,.s-PENDING{color:var(--run)}
@@ -50,7 +50,8 @@ nav.bar .home{font-weight:700;text-decoration:none}nav.bar .who{margin-left:auto
 .q-ok{color:var(--ok)}.q-paused,.q-waiting{color:var(--run)}.q-bad{color:var(--bad)}
 .projects{display:grid;gap:1rem;grid-template-columns:repeat(auto-fill,minmax(18rem,1fr));
 padding:0;list-style:none}
-.card{border:1px solid var(--line);border-radius:.5rem;padding:.75rem 1rem}
+.card{border:1px solid var(--line);border-radius:.5rem;padding:.75rem 1rem;
+overflow-wrap:anywhere}
 .card h2{margin:0 0 .25rem}.card dl{margin:.5rem 0 0;font-size:.92rem}
 .notice{border-left:4px solid var(--run);background:var(--soft);padding:.5rem .75rem}
 .notice.problem{border-color:var(--bad)}
