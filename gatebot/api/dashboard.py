@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 import secrets as random
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -29,6 +30,7 @@ from gatebot.api.auth import (
     actor,
     authenticate,
     bearer,
+    check_scope,
     check_token,
     origin_of,
     session_token,
@@ -127,7 +129,11 @@ def from_here(request: web.Request) -> bool:
 
 
 async def read_form(request: web.Request) -> dict[str, str]:
-    if request.content_length is not None and request.content_length > MAX_FORM:
+    """A posted form's text fields: at most MAX_FORM bytes, with a Content-Length (browsers
+    always send one), else ApiError 400 or 413."""
+    if request.content_length is None:
+        raise ApiError(400, "a form needs a Content-Length")
+    if request.content_length > MAX_FORM:
         raise ApiError(413, f"the form is over {MAX_FORM} bytes")
     form = await request.post()
     return {k: v for k, v in form.items() if isinstance(v, str)}
@@ -144,7 +150,7 @@ async def deploy_form(request: web.Request) -> dict[str, str]:
     form = await read_form(request)
     if not request[SESSION].csrf_ok(form.get("csrf")):
         raise ApiError(403, "the form is out of date (its CSRF token does not match); reload")
-    await authenticate(request, "deploy", cookie=True)
+    check_scope(token, "deploy")
     return form
 
 
@@ -351,7 +357,7 @@ async def _button(request: web.Request, act: str) -> web.Response:
     try:
         form = await deploy_form(request)
     except ApiError as problem:
-        return page(render_message(None, "Not done", problem.message, nonce), nonce, problem.status)
+        return await _refused(request, problem, nonce)
     viewer = await viewer_of(request)
     if project is None:
         return await _missing(request, viewer, nonce, "no such project")
@@ -388,8 +394,18 @@ async def post_cancel(request: web.Request) -> web.Response:
         await deploy_form(request)
         job = await cancel_job(request.app, _job_id(request), actor(request))
     except ApiError as problem:
-        return page(render_message(None, "Not done", problem.message, nonce), nonce, problem.status)
+        return await _refused(request, problem, nonce)
     raise web.HTTPSeeOther(f"/projects/{job.project}")
+
+
+async def _refused(request: web.Request, problem: ApiError, nonce: str) -> web.Response:
+    """A button refused before it did anything: the sign-in form when the session has ended,
+    else the reason."""
+    if problem.status == 401:
+        back = safe_next(urlsplit(request.headers.get("Referer", "")).path)
+        text = render_sign_in(problem.message, nonce, next_path=back)
+        return page(text, nonce, 401)
+    return page(render_message(None, "Not done", problem.message, nonce), nonce, problem.status)
 
 
 @routes.get(r"/jobs/{id:\d+}")

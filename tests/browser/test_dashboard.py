@@ -133,7 +133,7 @@ async def test_the_dashboard_in_a_browser(
     ops = server.token("ops", "deploy")
     viewer = server.token("viewer", "read")
     base = server.base
-    context = await browser.new_context(viewport={"width": 1000, "height": 700})
+    context = await browser.new_context(viewport={"width": 1000, "height": 480})
     page = await context.new_page()
     dialogs: list[str] = []
     page.on("dialog", lambda d: dialogs.append(d.message))
@@ -233,7 +233,7 @@ async def test_the_dashboard_in_a_browser(
 
     # With the queue paused, a deploy waits: cancel it from the project's page.
     paused = await Server(setup, paused=True).start()
-    context = await browser.new_context(viewport={"width": 1000, "height": 700})
+    context = await browser.new_context(viewport={"width": 1000, "height": 480})
     page = await context.new_page()
     try:
         await sign_in(page, paused.base, ops)
