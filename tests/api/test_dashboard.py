@@ -205,3 +205,21 @@ async def test_public_pages_show_read_only_views(start_server: ClientFactory, se
     first += await events.content.readuntil(b"\n\n")
     assert b"event: overview" in first and setup.name.encode() in first
     events.close()
+
+
+async def test_the_session_cookie_is_secure_when_gatebot_is_public_over_https(
+    start_server: ClientFactory, setup: Setup
+) -> None:
+    client = await start_server(
+        queue={"paused": True}, server={"public_url": "https://gatebot.example.com"}
+    )
+    _, secret = await client.app[ENGINE].store.tokens.create("ops", "read")
+    # The public origin is gatebot's own too (a TLS proxy in front sends it).
+    signed = await client.post(
+        "/sign-in",
+        data={"token": secret},
+        headers={"Origin": "https://gatebot.example.com"},
+        allow_redirects=False,
+    )
+    assert signed.status == 303
+    assert "Secure" in signed.headers["Set-Cookie"]

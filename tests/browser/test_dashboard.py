@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,8 +22,14 @@ import pytest
 
 from gatebot import devtools
 from gatebot.pipeline.lock import ProjectLocks
+from tests.browser.conftest import CHROMIUM
 from tests.conftest import Setup
 
+if shutil.which(str(CHROMIUM)) is None:
+    pytest.skip(
+        f"{CHROMIUM} is missing: install Debian's chromium (scripts/test does)",
+        allow_module_level=True,
+    )
 expect = pytest.importorskip(
     "playwright.async_api", reason="playwright is not installed: pip install -e '.[test]'"
 ).expect
