@@ -18,7 +18,7 @@ from datetime import timedelta
 
 from aiohttp import web
 
-from gatebot.api import pages, probes, v1, webhooks
+from gatebot.api import dashboard, pages, probes, v1, webhooks
 from gatebot.api.errors import body_reader, error_middleware
 from gatebot.api.keys import ENGINE, FEEDBACK, QUEUE, SECRETS, SETTINGS
 from gatebot.errors import GatebotError, RuntimeUnavailable
@@ -54,6 +54,7 @@ def create_app(settings: Settings, *, observers: ObserverFactory | None = None) 
     app.add_routes(webhooks.routes)
     app.add_routes(v1.routes)
     app.add_routes(pages.routes)
+    dashboard.install(app, settings)
     app.add_routes(metrics_routes)
 
     async def engine_ctx(app: web.Application) -> AsyncIterator[None]:

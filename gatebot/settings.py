@@ -60,7 +60,8 @@ class ServerSettings(_Model):
     data_dir: Path = Path("/var/lib/gatebot")
     public_url: str = "http://127.0.0.1:8088"
     max_body_bytes: int = Field(25 * 1024 * 1024, ge=1024)  # larger webhook bodies get 413
-    public_pages: bool = False  # deployment pages readable without a token
+    public_pages: bool = False  # dashboard and deployment pages readable without a token
+    session_hours: float = Field(12.0, gt=0, le=24 * 30)  # a dashboard sign-in lasts this long
     log_format: Literal["text", "json"] = "text"  # json: one object per line
     # How long a webhook waits for its delivery to be committed (a locked or full database)
     # before answering 503 with Retry-After; forges give up on an answer after about 10 s.

@@ -4,7 +4,8 @@ Handlers declare what they need with `@requires("read")` or `@requires("deploy")
 decorator answers 401 for a missing, unknown or revoked token and 403 for a token whose scope
 is too small, and puts the token on the request for the handler (`token_of`, `actor`). Tokens
 are checked by gatebot.store.tokens, which keeps only hashes and compares them in constant time.
-Pages may also present the token in a cookie, set by their sign-in form; the API never reads it.
+Pages may instead present a browser session (gatebot.api.session), opened by signing in with a
+token; the session's token is read again at every request. The API never reads the cookie.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from collections.abc import Callable
 from aiohttp import web
 
 from gatebot.api.errors import ApiError, Handler
-from gatebot.api.keys import ENGINE
+from gatebot.api.keys import ENGINE, SESSIONS
+from gatebot.api.session import COOKIE, Session
 from gatebot.model import Origin, OriginKind
 from gatebot.store.tokens import Scope, Token, allows
 
 TOKEN = web.RequestKey("token", Token)
-COOKIE = "gatebot_token"
+SESSION = web.RequestKey("session", Session)
 REALM = 'Bearer realm="gatebot"'
 
 
@@ -38,8 +40,27 @@ async def authenticate(request: web.Request, needed: Scope, *, cookie: bool = Fa
     """The request's token, if it may do `needed`; else ApiError 401 or 403."""
     presented = bearer(request.headers.get("Authorization"))
     if presented is None and cookie:
-        presented = request.cookies.get(COOKIE) or None
+        signed_in = await session_token(request)
+        if signed_in is not None:
+            return check_scope(signed_in, needed)
     token = await check_token(request.app, presented, needed)
+    request[TOKEN] = token
+    return token
+
+
+async def session_token(request: web.Request) -> Token | None:
+    """The live token of the request's browser session (also put on the request with the
+    session), or None: no cookie, an unknown or expired session, or a revoked token."""
+    sessions = request.app[SESSIONS]
+    session_id = request.cookies.get(COOKIE)
+    session = sessions.get(session_id)
+    if session is None:
+        return None
+    token = await request.app[ENGINE].store.tokens.live(session.token_id)
+    if token is None:
+        sessions.close(session_id)
+        return None
+    request[SESSION] = session
     request[TOKEN] = token
     return token
 
@@ -60,6 +81,11 @@ async def check_token(app: web.Application, presented: str | None, needed: Scope
             "the token is unknown or revoked",
             headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'},
         )
+    return check_scope(token, needed)
+
+
+def check_scope(token: Token, needed: Scope) -> Token:
+    """`token`, if its scope allows `needed`; else ApiError 403."""
     if not allows(token.scope, needed):
         raise ApiError(
             403,

@@ -6,21 +6,26 @@ secrets redacted. While the deployment runs, a few lines of script follow its ev
 (/deployments/{id}/events, the same stream as the API's) and update the page in place.
 
 Unless `[server] public_pages` is on, the page needs a read token: an Authorization header, or
-the cookie its sign-in form sets (the form posts the token to the page itself).
+a browser session (the sign-in form it shows instead posts to the dashboard's /sign-in).
 """
 
 from __future__ import annotations
 
-import html
 import secrets as random
 from collections.abc import Sequence
 
 from aiohttp import web
 
 from gatebot.api import sse
-from gatebot.api.auth import COOKIE, authenticate, check_token
+from gatebot.api.auth import authenticate
+from gatebot.api.dashboard_render import render_sign_in
 from gatebot.api.errors import ApiError
 from gatebot.api.keys import ENGINE, SECRETS, SETTINGS
+from gatebot.api.layout import clock as _clock
+from gatebot.api.layout import document as _document
+from gatebot.api.layout import duration as _duration
+from gatebot.api.layout import e as _e
+from gatebot.api.layout import html_response as _html
 from gatebot.api.openapi import MAX_ID
 from gatebot.numbers import parse_count
 from gatebot.pipeline.engine import Engine
@@ -29,31 +34,6 @@ from gatebot.store.deployments import Deployment, Step
 
 routes = web.RouteTableDef()
 MAX_LOG_BYTES = 2 * 1024 * 1024  # a longer log shows its end; the API has all of it
-
-STYLE = """
-:root{color-scheme:light dark;--ok:#1a7f37;--bad:#cf222e;--run:#9a6700;--dim:#6e7781}
-*{box-sizing:border-box}
-body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;
-max-width:60rem;padding:1rem}
-header{display:flex;flex-wrap:wrap;gap:.5rem 1rem;align-items:center}
-h1{font-size:1.35rem;margin:0}h2{font-size:1.05rem;margin:1.5rem 0 .5rem}
-.status{font-weight:600;border-radius:1rem;padding:.1rem .7rem;border:1px solid currentColor}
-.s-ACTIVE{color:var(--ok)}.s-FAILED{color:var(--bad)}.s-DEPLOYING,.s-PENDING{color:var(--run)}
-.s-ROLLED_BACK{color:var(--dim)}
-dl{display:grid;grid-template-columns:max-content 1fr;gap:.2rem 1rem;margin:1rem 0}
-dt{color:var(--dim)}dd{margin:0;overflow-wrap:anywhere}
-table{border-collapse:collapse;width:100%}
-td,th{text-align:left;padding:.3rem .5rem .3rem 0;border-bottom:1px solid #8884;
-vertical-align:top}
-td.num{white-space:nowrap;font-variant-numeric:tabular-nums}
-tr.failed td{color:var(--bad)}
-pre{background:#8881;padding:.75rem;overflow:auto;max-height:70vh;font-size:12.5px;
-white-space:pre-wrap;overflow-wrap:anywhere}
-.error{color:var(--bad);font-weight:600}
-.live{color:var(--run)}
-form{display:flex;flex-wrap:wrap;gap:.5rem;margin-top:1rem}
-input{font:inherit;padding:.4rem;flex:1 1 16rem}button{font:inherit;padding:.4rem 1rem}
-"""
 
 SCRIPT = """
 (function(){
@@ -76,32 +56,6 @@ src.addEventListener("end",function(){src.close();
 live.textContent="finished; reload for the final state";});
 })();
 """
-
-
-def _e(value: object) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _duration(seconds: float | None) -> str:
-    return "" if seconds is None else f"{seconds:.2f} s"
-
-
-def _clock(iso: str | None) -> str:
-    """``2025-01-01T12:00:03.123+00:00`` -> ``2025-01-01 12:00:03 UTC``."""
-    if not iso:
-        return "—"
-    return iso.replace("T", " ")[:19] + " UTC"
-
-
-def _document(title: str, body: str, nonce: str, script: str = "") -> str:
-    return (
-        "<!doctype html>\n"
-        '<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        '<meta name="referrer" content="no-referrer">'
-        f'<title>{_e(title)}</title><style nonce="{nonce}">{STYLE}</style></head>\n'
-        f"<body>\n{body}\n{script}</body></html>\n"
-    )
 
 
 def render_deployment(
@@ -152,7 +106,9 @@ def render_deployment(
         if live
         else '<p id="live"></p>'
     )
-    body = f"""<header><h1>{_e(d.project)} v{d.version}</h1>
+    body = f"""<nav class="bar"><a class="home" href="/">gatebot</a>
+<a href="/projects/{_e(d.project)}">{_e(d.project)}</a></nav>
+<header><h1>{_e(d.project)} v{d.version}</h1>
 <span id="status" class="status s-{_e(d.status)}">{_e(d.status)}</span></header>
 <dl>{"".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts)}</dl>
 {state}
@@ -167,36 +123,9 @@ def render_deployment(
     return _document(f"{d.project} v{d.version} {d.status} · gatebot", body, nonce, script)
 
 
-def render_sign_in(message: str, nonce: str) -> str:
-    body = f"""<header><h1>gatebot</h1></header>
-<p>{_e(message)}</p>
-<p>Paste an API token with scope <code>read</code> (made with
-<code>gatebot token create NAME</code>). It is kept in a cookie for this browser session.</p>
-<form method="post"><input type="password" name="token" autocomplete="off"
-placeholder="gb_…" required aria-label="token"><button>Show the deployment</button></form>"""
-    return _document("Sign in · gatebot", body, nonce)
-
-
 def render_missing(deployment_id: int, nonce: str) -> str:
     body = f"<header><h1>gatebot</h1></header><p>Deployment {deployment_id} does not exist.</p>"
     return _document("Not found · gatebot", body, nonce)
-
-
-def _html(text: str, nonce: str, status: int = 200) -> web.Response:
-    return web.Response(
-        text=text,
-        status=status,
-        content_type="text/html",
-        headers={
-            "Cache-Control": "no-store",
-            "Content-Security-Policy": (
-                f"default-src 'none'; style-src 'nonce-{nonce}'; script-src 'nonce-{nonce}'; "
-                "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-            ),
-            "X-Content-Type-Options": "nosniff",
-            "Referrer-Policy": "no-referrer",
-        },
-    )
 
 
 async def check_access(request: web.Request) -> None:
@@ -241,7 +170,8 @@ async def deployment_page(request: web.Request) -> web.Response:
     try:
         await check_access(request)
     except ApiError as problem:
-        return _html(render_sign_in(problem.message, nonce), nonce, problem.status)
+        page = render_sign_in(problem.message, nonce, next_path=request.path)
+        return _html(page, nonce, problem.status)
     engine = request.app[ENGINE]
     d = await engine.store.deployments.get(_deployment_id(request))
     if d is None:
@@ -260,29 +190,6 @@ async def deployment_page(request: web.Request) -> web.Response:
         secrets=_secrets(request),
     )
     return _html(page, nonce)
-
-
-@routes.post(r"/deployments/{id:\d+}")
-async def sign_in(request: web.Request) -> web.Response:
-    """The sign-in form posts here: a good token becomes a cookie and the page is shown."""
-    nonce = random.token_urlsafe(12)
-    form = await request.post()
-    token = str(form.get("token", "")).strip()
-    settings = request.app[SETTINGS]
-    try:
-        await check_token(request.app, token or None, "read")
-    except ApiError as problem:
-        return _html(render_sign_in(problem.message, nonce), nonce, problem.status)
-    response = web.Response(status=303, headers={"Location": request.path})
-    response.set_cookie(
-        COOKIE,
-        token,
-        path="/deployments",
-        httponly=True,
-        samesite="Strict",
-        secure=settings.server.public_url.startswith("https://"),
-    )
-    return response
 
 
 @routes.get(r"/deployments/{id:\d+}/events")

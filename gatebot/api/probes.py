@@ -23,7 +23,13 @@ async def healthz(request: web.Request) -> web.Response:
 
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
-    engine = request.app[ENGINE]
+    ready, checks = await readiness(request.app)
+    return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+
+async def readiness(app: web.Application) -> tuple[bool, dict[str, str]]:
+    """(ready, the checks by name): what /readyz answers, and the dashboard's top bar shows."""
+    engine = app[ENGINE]
     checks: dict[str, str] = {}
     try:
         await engine.store.db.fetchone("SELECT 1")
@@ -36,7 +42,7 @@ async def readyz(request: web.Request) -> web.Response:
     except GatebotError as exc:
         checks["docker"] = f"unavailable: {exc}"
     ready = all(v == "ok" for v in checks.values())
-    queue = request.app[QUEUE]
+    queue = app[QUEUE]
     if queue.alive:
         checks["queue"] = "paused" if queue.paused else "ok"
     elif queue.started:
@@ -45,4 +51,4 @@ async def readyz(request: web.Request) -> web.Response:
     else:
         checks["queue"] = f"not started: {queue.start_problem or 'starting'}"
         ready = False  # with Docker unreachable, the docker check says so already
-    return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+    return ready, checks

@@ -25,7 +25,7 @@ from gatebot.api.keys import ENGINE, QUEUE, SECRETS, SETTINGS
 from gatebot.api.openapi import MAX_ID, SPEC
 from gatebot.api.views import busy_view, deployment_view, job_view, project_view, step_view
 from gatebot.errors import NothingToRollBack, RuntimeUnavailable, UnknownProject
-from gatebot.model import JobKind, JobState, Status
+from gatebot.model import JobKind, JobState, Origin, Status
 from gatebot.numbers import parse_count
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.rollback import choose_target
@@ -193,9 +193,10 @@ def secrets(request: web.Request) -> tuple[str, ...]:
 # --- changing things ------------------------------------------------------------------------
 
 
-async def queue_job(request: web.Request, new: NewJob, detail: str) -> web.Response:
-    engine = request.app[ENGINE]
-    [job] = await request.app[QUEUE].submit([new])
+async def enqueue(app: web.Application, new: NewJob, detail: str) -> Job:
+    """Queue `new` (through the same queue as webhooks) and write it to the audit table."""
+    engine = app[ENGINE]
+    [job] = await app[QUEUE].submit([new])
     await engine.store.audit.record(
         new.trigger, new.kind, project=new.project, job_id=job.id, detail=detail
     )
@@ -207,9 +208,60 @@ async def queue_job(request: web.Request, new: NewJob, detail: str) -> web.Respo
         new.trigger,
         extra={"project": new.project, "job": job.id},
     )
+    return job
+
+
+def accepted(job: Job) -> web.Response:
     return web.json_response(
         job_view(job), status=202, headers={"Location": f"/api/v1/jobs/{job.id}"}
     )
+
+
+async def request_deploy(
+    app: web.Application, project: ProjectSettings, sha: str | None, origin: Origin
+) -> Job:
+    """Queue a deploy of `sha` (default: the branch head); ApiError 409 when busy. The API
+    and the dashboard's Deploy button both come here."""
+    await refuse_if_busy(app[ENGINE], project.name)
+    new = NewJob(project=project.name, kind=JobKind.DEPLOY, origin=origin, sha=sha)
+    return await enqueue(app, new, f"sha {sha}" if sha else f"head of {project.branch}")
+
+
+async def request_rollback(
+    app: web.Application, project: ProjectSettings, to: str | None, origin: Origin
+) -> Job:
+    """Queue a rollback to `to` (default: the previous release); ApiError 409 when busy, 422
+    when there is nothing to roll back to, 503 when Docker does not answer."""
+    engine = app[ENGINE]
+    await refuse_if_busy(engine, project.name)
+    active = await engine.store.deployments.active(project.name)
+    try:
+        target = await choose_target(engine, project.name, active, to)
+    except NothingToRollBack as nothing:
+        raise ApiError(422, str(nothing)) from None
+    except RuntimeUnavailable as down:
+        raise ApiError(503, str(down)) from None
+    new = NewJob(
+        project=project.name, kind=JobKind.ROLLBACK, origin=origin, target=str(target.version)
+    )
+    return await enqueue(app, new, f"to v{target.version}")
+
+
+async def cancel_job(app: web.Application, job_id: int, who: str) -> Job:
+    """Cancel a queued job (again fine if it already was); ApiError 404, or 409 when it is
+    running or has ended."""
+    engine = app[ENGINE]
+    job = await find_job(engine, job_id)
+    if job.state is JobState.CANCELLED:
+        return job
+    if not await app[QUEUE].cancel(job.id):
+        job = await find_job(engine, job.id)
+        running = job.state is JobState.RUNNING
+        what = "is running" if running else f"has already ended ({job.state})"
+        raise ApiError(409, f"job {job.id} {what}; only a queued job can be cancelled", job=job.id)
+    await engine.store.audit.record(who, "cancel", project=job.project, job_id=job.id)
+    log.info("job %s cancelled by %s", job.id, who, extra={"project": job.project, "job": job.id})
+    return await find_job(engine, job.id)
 
 
 @routes.post("/api/v1/deploy")
@@ -221,10 +273,7 @@ async def post_deploy(request: web.Request) -> web.Response:
     sha = string_field(body, "sha", pattern=SHA)
     assert name is not None
     project = known_project(request, name)
-    engine = request.app[ENGINE]
-    await refuse_if_busy(engine, project.name)
-    new = NewJob(project=project.name, kind=JobKind.DEPLOY, origin=origin_of(request), sha=sha)
-    return await queue_job(request, new, f"sha {sha}" if sha else f"head of {project.branch}")
+    return accepted(await request_deploy(request.app, project, sha, origin_of(request)))
 
 
 @routes.post("/api/v1/projects/{name}/rollback")
@@ -234,47 +283,13 @@ async def post_rollback(request: web.Request) -> web.Response:
     body = await read_object(request, required=False)
     only_fields(body, "to")
     to = string_field(body, "to")
-    engine = request.app[ENGINE]
-    await refuse_if_busy(engine, project.name)
-    active = await engine.store.deployments.active(project.name)
-    try:
-        target = await choose_target(engine, project.name, active, to)
-    except NothingToRollBack as nothing:
-        raise ApiError(422, str(nothing)) from None
-    except RuntimeUnavailable as down:
-        raise ApiError(503, str(down)) from None
-    new = NewJob(
-        project=project.name,
-        kind=JobKind.ROLLBACK,
-        origin=origin_of(request),
-        target=str(target.version),
-    )
-    return await queue_job(request, new, f"to v{target.version}")
+    return accepted(await request_rollback(request.app, project, to, origin_of(request)))
 
 
 @routes.delete(r"/api/v1/jobs/{id:\d+}")
 @requires("deploy")
 async def delete_job(request: web.Request) -> web.Response:
-    engine = request.app[ENGINE]
-    job = await find_job(engine, path_id(request, "job"))
-    if job.state is not JobState.CANCELLED:
-        if not await request.app[QUEUE].cancel(job.id):
-            job = await find_job(engine, job.id)
-            running = job.state is JobState.RUNNING
-            what = "is running" if running else f"has already ended ({job.state})"
-            raise ApiError(
-                409, f"job {job.id} {what}; only a queued job can be cancelled", job=job.id
-            )
-        await engine.store.audit.record(
-            actor(request), "cancel", project=job.project, job_id=job.id
-        )
-        log.info(
-            "job %s cancelled by %s",
-            job.id,
-            actor(request),
-            extra={"project": job.project, "job": job.id},
-        )
-        job = await find_job(engine, job.id)
+    job = await cancel_job(request.app, path_id(request, "job"), actor(request))
     return web.json_response(job_view(job, secrets(request)))
 
 

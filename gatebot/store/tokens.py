@@ -129,6 +129,18 @@ class Tokens:
         assert row is not None
         return Token.from_row(row)
 
+    async def live(self, token_id: int) -> Token | None:
+        """The token with this id, unless it is revoked (a page session asks at each request,
+        which counts as a use of the token)."""
+        row = await self.db.fetchone(
+            "SELECT * FROM tokens WHERE id = ? AND revoked_at IS NULL", (token_id,)
+        )
+        if row is None:
+            return None
+        token = Token.from_row(row)
+        await self._touch(token)
+        return token
+
     async def authenticate(self, presented: str) -> Token | None:
         """The live token `presented` is, or None. Hashes are compared in constant time."""
         match = _TOKEN.fullmatch(presented)

@@ -123,18 +123,23 @@ async def test_pages_ask_for_a_token_unless_they_are_public(
 
     asked = await client.get(f"/deployments/{d.id}")
     assert asked.status == 401 and asked.content_type == "text/html"
-    assert '<form method="post">' in await asked.text()
+    form = await asked.text()
+    assert '<form method="post" action="/sign-in">' in form
+    assert f'name="next" value="/deployments/{d.id}"' in form
     events = await client.get(f"/deployments/{d.id}/events")
     assert events.status == 401 and (await events.json())["error"] == "unauthorized"
 
-    wrong = await client.post(f"/deployments/{d.id}", data={"token": "gb_nope"})
+    here = {"Origin": str(client.make_url("")).rstrip("/")}
+    form_data = {"next": f"/deployments/{d.id}"}
+    wrong = await client.post("/sign-in", data={**form_data, "token": "gb_nope"}, headers=here)
     assert wrong.status == 401 and "unknown or revoked" in await wrong.text()
     signed = await client.post(
-        f"/deployments/{d.id}", data={"token": secret}, allow_redirects=False
+        "/sign-in", data={**form_data, "token": secret}, headers=here, allow_redirects=False
     )
     assert signed.status == 303 and signed.headers["Location"] == f"/deployments/{d.id}"
     cookie = signed.headers["Set-Cookie"]
-    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/deployments" in cookie
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
+    assert secret not in cookie, "the browser keeps a session id, not the token"
     value = cookie.split(";", 1)[0]
     shown = await client.get(f"/deployments/{d.id}", headers={"Cookie": value})
     assert shown.status == 200 and 'class="status s-PENDING"' in await shown.text()
