@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import git
 
 from gatebot.errors import SourceError
+from gatebot.source import Checkout
 
 _CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]{0,31}://)[^/@\s]{1,512}@")
 _SHA = re.compile(r"^[0-9a-fA-F]{7,64}$")
@@ -25,14 +25,9 @@ def redact_url(text: str) -> str:
     return _CREDENTIALS.sub(r"\g<scheme>***@", text)
 
 
-@dataclass(frozen=True)
-class Checkout:
-    path: Path
-    sha: str
-    message: str
-
-
 class GitSource:
+    """A `Source` over git (see gatebot/source.py)."""
+
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
 

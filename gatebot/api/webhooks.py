@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from gatebot.api.keys import ENGINE, FEEDBACK, QUEUE, SETTINGS
+from gatebot.api.keys import ENGINE, FEEDBACK, QUEUE, SETTINGS, WEBHOOK_OUTCOME
 from gatebot.errors import NothingToRollBack
 from gatebot.events import CommentCommand, Event, Ignored, Ping, Push
 from gatebot.feedback import CommentPlan, plan_comment, reply_if_allowed, resolve_target
@@ -190,15 +190,19 @@ async def accept(
         )
     except DuplicateDelivery as duplicate:
         log.info("%s delivery %s: %s", event.forge, event.delivery_id, duplicate, extra=extra)
+        request[WEBHOOK_OUTCOME] = "duplicate"
         return web.json_response({"duplicate": True, "delivery": event.delivery_id})
     if isinstance(event, CommentCommand) and plan.reply is not None and plan.project:
         feedback = request.app[FEEDBACK]
         feedback.spawn(reply_if_allowed(feedback, event, plan.project, plan.reply))
     if isinstance(event, Ping):
+        request[WEBHOOK_OUTCOME] = "ping"
         return web.json_response({"ok": True, "event": "ping"})
     if not created:
         log.info("%s delivery %s ignored: %s", event.forge, event.delivery_id, reason, extra=extra)
+        request[WEBHOOK_OUTCOME] = "ignored"
         return web.json_response({"ignored": True, "reason": reason})
+    request[WEBHOOK_OUTCOME] = "queued"
     log.info(
         "%s delivery %s queued job(s) %s",
         event.forge,
