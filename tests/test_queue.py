@@ -27,8 +27,8 @@ from gatebot.queue import JobQueue, JobRunner
 from gatebot.settings import QueueSettings
 from gatebot.store.deployments import Deployment
 from gatebot.store.jobs import Job, NewJob
-from tests.conftest import Setup
-from tests.pipeline.test_deploy import eventually_live
+from tests.support.deploys import eventually_live
+from tests.support.setup import Setup
 
 QueueFactory = Callable[..., JobQueue]
 

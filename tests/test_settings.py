@@ -18,7 +18,7 @@ from gatebot.settings import (
     load_settings,
     parse_settings,
 )
-from tests.harness import ROOT
+from tests.support.real import ROOT
 
 EXAMPLE = ROOT / "config" / "gatebot.example.toml"
 MINIMAL_PROJECT = 'name = "shop"\nrepo = "https://example.com/acme/shop.git"\nbase_port = 3100\n'

@@ -9,9 +9,8 @@ import sqlite3
 from aiohttp import web
 
 from gatebot.api.keys import ENGINE
-from tests.api.conftest import ClientFactory
-from tests.api.test_v1 import auth
-from tests.conftest import Setup
+from tests.support.server import ClientFactory, auth
+from tests.support.setup import Setup
 
 READ_METHODS = ("GET", "HEAD")
 PUBLIC = {

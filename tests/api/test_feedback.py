@@ -16,21 +16,19 @@ from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives import serialization
 
 from gatebot.api.keys import ENGINE, FEEDBACK, QUEUE
-from gatebot.settings import Settings, parse_settings
-from tests.api.conftest import ClientFactory, _drop_none, server_settings
-from tests.api.test_webhooks import post_github
-from tests.conftest import Setup
-from tests.deliveries import (
+from tests.fakes import rsa_key
+from tests.fakes.github import FakeGitHub
+from tests.fakes.gitlab import FakeGitLab
+from tests.forges import fixture
+from tests.support.deliveries import (
     GITLAB_TOKEN,
     github_push_payload,
     gitlab_delivery,
     gitlab_push_payload,
 )
-from tests.fakes import rsa_key
-from tests.fakes.github import FakeGitHub
-from tests.fakes.gitlab import FakeGitLab
-from tests.forges import fixture
-from tests.pipeline.test_deploy import eventually_live, live_version
+from tests.support.deploys import eventually_live, live_version
+from tests.support.server import ClientFactory, post_github, server_settings
+from tests.support.setup import Setup
 
 Client = TestClient[Any, Any]
 Serve = Callable[[Any], Awaitable[TestServer]]
@@ -38,25 +36,13 @@ API_TOKEN = "fake-api-token-for-tests"
 GITLAB_PROJECT_ID = 4242
 
 
-def with_forges(
-    settings: Settings,
-    *,
-    github: str | None = None,
-    gitlab: str | None = None,
-    sections: dict[str, dict[str, Any]] | None = None,
-) -> Settings:
-    raw = settings.model_dump(mode="json")
-    raw["github"]["webhook_secret"] = settings.github.webhook_secret.get_secret_value()  # type: ignore[union-attr]
-    raw["gitlab"]["webhook_token"] = GITLAB_TOKEN
-    raw["gitlab"].pop("webhook_signing_token", None)
-    if github:
-        raw["github"].update(api_url=github, token=API_TOKEN, retry_for_seconds=10)
-    if gitlab:
-        raw["gitlab"].update(api_url=gitlab, token=API_TOKEN, retry_for_seconds=10)
-    for section, values in (sections or {}).items():
-        raw.setdefault(section, {}).update(values)
-    _drop_none(raw)
-    return parse_settings(raw, source=settings.source or Path("/tmp/gatebot.toml"))
+def forge_api(url: str, **extra: Any) -> dict[str, Any]:
+    """A forge table whose API is the fake at `url`."""
+    return {"api_url": url, "token": API_TOKEN, "retry_for_seconds": 10, **extra}
+
+
+def gitlab_api(url: str) -> dict[str, Any]:
+    return {"webhook_token": GITLAB_TOKEN, **forge_api(url)}
 
 
 async def settle(client: Client) -> None:
@@ -96,7 +82,8 @@ async def github_server(
     repo = f"acme/{setup.name}"
     fake.add_repo(repo)
     project = kw.pop("project", {})
-    settings = with_forges(server_settings(setup, **project), github=url, sections=kw)
+    github = forge_api(url, **kw.pop("github", {}))
+    settings = server_settings(setup, github=github, **kw, **project)
     return await start_server(settings), repo
 
 
@@ -198,12 +185,8 @@ async def test_github_app_token_is_minted_once_and_reused(
     url = fake.api_url(await aiohttp_server(fake.app))
     repo = f"acme/{setup.name}"
     fake.add_repo(repo)
-    raw = with_forges(server_settings(setup)).model_dump(mode="json")
-    raw["github"].update(api_url=url, app_id=99, private_key_file=str(pem), retry_for_seconds=10)
-    raw["github"]["webhook_secret"] = "github-test-secret"
-    raw["gitlab"]["webhook_token"] = GITLAB_TOKEN
-    _drop_none(raw)
-    client = await start_server(parse_settings(raw, source=setup.data_dir / "g.toml"))
+    app = {"api_url": url, "app_id": 99, "private_key_file": str(pem), "retry_for_seconds": 10}
+    client = await start_server(server_settings(setup, github=app))
     sha = setup.repo.commit("v1")
     await post_github(client, "push", github_push_payload(repo, sha))  # installation 2311213
     await settle(client)
@@ -335,7 +318,7 @@ async def test_gitlab_statuses_and_rollback_note(
     fake.add_project(repo, GITLAB_PROJECT_ID)
     fake.add_member(GITLAB_PROJECT_ID, user_id=1, username="root", access_level=40)
     fake.add_member(GITLAB_PROJECT_ID, user_id=2, username="guest", access_level=20)
-    settings = with_forges(server_settings(setup, forge="gitlab"), gitlab=url)
+    settings = server_settings(setup, forge="gitlab", gitlab=gitlab_api(url))
     client = await start_server(settings)
 
     async def push(version: str) -> str:
@@ -384,8 +367,8 @@ async def test_gitlab_superseded_deploy_is_canceled(
     fake, url = gitlab
     repo = f"acme/{setup.name}"
     fake.add_project(repo, GITLAB_PROJECT_ID)
-    settings = with_forges(
-        server_settings(setup, forge="gitlab", queue={"paused": True}), gitlab=url
+    settings = server_settings(
+        setup, forge="gitlab", queue={"paused": True}, gitlab=gitlab_api(url)
     )
     client = await start_server(settings)
     for sha in ("3" * 40, "4" * 40):

@@ -16,9 +16,8 @@ from schemathesis import GenerationMode
 
 from gatebot.api import v1
 from gatebot.api.keys import ENGINE
-from tests.api.conftest import ClientFactory
-from tests.api.test_v1 import auth
-from tests.conftest import Setup
+from tests.support.server import ClientFactory, auth
+from tests.support.setup import Setup
 
 EXAMPLES = 25  # per operation and mode: bounded, so the whole check takes seconds
 # A valid request may still meet a state that refuses it: 404 (no such project or job), 409

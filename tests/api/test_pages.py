@@ -10,9 +10,15 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from gatebot.api.keys import ENGINE, QUEUE
-from tests.api.conftest import ClientFactory
-from tests.api.test_v1 import SLOW_HEALTH, auth, read_events, running_job
-from tests.conftest import Setup
+from tests.support.server import (
+    SLOW_HEALTH,
+    ClientFactory,
+    auth,
+    page_log,
+    read_events,
+    running_job,
+)
+from tests.support.setup import Setup
 
 Client = TestClient[Any, Any]
 SECRET = "s3cr3t-database-password"
@@ -26,12 +32,6 @@ async def deploy(client: Client, setup: Setup, headers: dict[str, str]) -> int:
     job = await client.app[ENGINE].store.jobs.require((await response.json())["id"])
     assert job.deployment_id is not None
     return job.deployment_id
-
-
-def page_log(page: str) -> str:
-    match = re.search(r'<pre id="log">(.*?)</pre>', page, re.S)
-    assert match, page
-    return match.group(1)
 
 
 async def test_finished_deployments_render_with_their_timeline_and_no_secrets(

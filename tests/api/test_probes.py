@@ -18,10 +18,10 @@ from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.reconcile import ReconcileReport
 from gatebot.settings import DockerSettings
 from gatebot.store.jobs import NewJob
-from tests.api.conftest import ClientFactory, server_settings
-from tests.conftest import Setup
-from tests.deliveries import github_delivery, github_push_payload
-from tests.pipeline.test_deploy import eventually_live
+from tests.support.deliveries import github_delivery, github_push_payload
+from tests.support.deploys import eventually_live
+from tests.support.server import ClientFactory, server_settings
+from tests.support.setup import Setup
 
 
 async def eventually(predicate: Callable[[], bool], timeout: float = 30.0) -> None:

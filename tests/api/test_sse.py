@@ -16,10 +16,8 @@ from gatebot.api import sse
 from gatebot.api.keys import ENGINE
 from gatebot.pipeline.engine import Engine
 from gatebot.store.deployments import Deployment
-from tests.api.conftest import ClientFactory
-from tests.api.test_pages import page_log
-from tests.api.test_v1 import SLOW_HEALTH, auth, running_job
-from tests.conftest import Setup
+from tests.support.server import SLOW_HEALTH, ClientFactory, auth, page_log, running_job
+from tests.support.setup import Setup
 
 Client = TestClient[Any, Any]
 Event = tuple[str, str | None, Any]  # (event, id, data)

@@ -14,9 +14,8 @@ from aiohttp.test_utils import TestClient
 
 from gatebot.api.keys import ENGINE, QUEUE
 from gatebot.model import Status
-from tests.api.conftest import ClientFactory, server_settings
-from tests.conftest import Setup
-from tests.deliveries import (
+from tests.forges import fixture
+from tests.support.deliveries import (
     GITLAB_SIGNING_TOKEN,
     GITLAB_TOKEN,
     github_delivery,
@@ -25,32 +24,18 @@ from tests.deliveries import (
     gitlab_delivery,
     gitlab_push_payload,
 )
-from tests.forges import fixture
-from tests.pipeline.test_deploy import live_version
+from tests.support.deploys import live_version
+from tests.support.server import ClientFactory, job_rows, post_github, server_settings
+from tests.support.setup import Setup
 
 Client = TestClient[Any, Any]
-
-
-async def post_github(
-    client: Client, event: str, payload: dict[str, Any] | bytes, **kw: Any
-) -> Any:
-    body, headers = github_delivery(event, payload, **kw)
-    return await client.post("/webhooks/github", data=body, headers=headers)
-
-
-async def job_rows(client: Client) -> list[Any]:
-    return await client.app[ENGINE].store.jobs.recent(limit=1000)
 
 
 async def test_github_documented_test_vector_passes_verification(
     start_server: ClientFactory, setup: Setup
 ) -> None:
-    settings = server_settings(setup)
-    raw = settings.model_dump(mode="json")
-    raw["github"]["webhook_secret"] = "It's a Secret to Everybody"
-    from gatebot.settings import parse_settings
-
-    client = await start_server(parse_settings(raw, source=setup.data_dir / "x.toml"))
+    github = {"webhook_secret": "It's a Secret to Everybody"}
+    client = await start_server(server_settings(setup, github=github))
     headers = {
         "Content-Type": "application/json",
         "X-GitHub-Event": "push",
@@ -114,12 +99,9 @@ async def test_bad_signatures_get_401_and_start_nothing(
 async def test_no_secret_configured_accepts_nothing(
     start_server: ClientFactory, setup: Setup
 ) -> None:
-    raw = server_settings(setup).model_dump(mode="json")
-    raw["github"] = {}
-    raw["gitlab"] = {}
-    from gatebot.settings import parse_settings
-
-    client = await start_server(parse_settings(raw, source=setup.data_dir / "x.toml"))
+    no_secret = server_settings(setup, github={"webhook_secret": None}, gitlab={})
+    assert no_secret.github.webhook_secret is None and no_secret.gitlab.webhook_token is None
+    client = await start_server(no_secret)
     payload = github_push_payload(f"acme/{setup.name}", "c" * 40)
     assert (await post_github(client, "push", payload)).status == 401
     body, headers = gitlab_delivery(gitlab_push_payload(f"acme/{setup.name}", "c" * 40))

@@ -16,7 +16,6 @@ import docker
 import docker.errors
 import pytest
 
-from gatebot.devtools import free_port
 from gatebot.errors import NameConflict, RuntimeFailure, RuntimeUnavailable
 from gatebot.runtime.base import (
     LABEL_MANAGED,
@@ -25,8 +24,8 @@ from gatebot.runtime.base import (
     ContainerSpec,
 )
 from gatebot.runtime.docker import DockerRuntime
-from tests.harness import BUSYBOX, SAMPLE_APP
-from tests.http import get_text
+from tests.support.http import get_text
+from tests.support.real import BUSYBOX, SAMPLE_APP, free_port
 
 pytestmark = pytest.mark.docker
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import itertools
 import json
 import time
@@ -12,6 +10,7 @@ import uuid
 from typing import Any
 
 from tests.forges import fixture
+from tests.support import signing
 
 GITHUB_SECRET = "github-test-secret"
 GITLAB_TOKEN = "gitlab-test-token"
@@ -22,7 +21,7 @@ _counter = itertools.count(1)
 
 
 def github_signature(body: bytes, secret: str = GITHUB_SECRET) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return signing.github_signature(body, secret)
 
 
 def github_push_payload(
@@ -84,16 +83,7 @@ def gitlab_delivery(
     if token is not None:
         headers["X-Gitlab-Token"] = token
     if signing_token is not None:
-        key = base64.b64decode(signing_token.removeprefix("whsec_"))
         webhook_id = f"msg_{next(_counter)}_{uuid.uuid4().hex}"
-        stamp = str(timestamp if timestamp is not None else int(time.time()))
-        signed = f"{webhook_id}.{stamp}.".encode() + body
-        signature = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
-        headers.update(
-            {
-                "webhook-id": webhook_id,
-                "webhook-timestamp": stamp,
-                "webhook-signature": f"v1,{signature}",
-            }
-        )
+        stamp = timestamp if timestamp is not None else int(time.time())
+        headers.update(signing.gitlab_signature_headers(body, signing_token, webhook_id, stamp))
     return body, headers
