@@ -18,7 +18,7 @@ from tests.support.server import (
     read_events,
     running_job,
 )
-from tests.support.setup import Setup
+from tests.support.setup import Setup, Workspace
 
 Client = TestClient[Any, Any]
 SECRET = "s3cr3t-database-password"
@@ -113,11 +113,11 @@ async def test_a_running_deployment_page_follows_it_to_the_end(
 
 
 async def test_pages_ask_for_a_token_unless_they_are_public(
-    start_server: ClientFactory, setup: Setup
+    start_offline: ClientFactory, workspace: Workspace
 ) -> None:
-    client = await start_server(queue={"paused": True})
+    client = await start_offline(queue={"paused": True})
     store = client.app[ENGINE].store
-    d = await store.deployments.create(setup.name, "test")
+    d = await store.deployments.create(workspace.name, "test")
     _, secret = await store.tokens.create("viewer", "read")
 
     asked = await client.get(f"/deployments/{d.id}")
@@ -142,6 +142,6 @@ async def test_pages_ask_for_a_token_unless_they_are_public(
     assert api.status == 401
     await client.close()
 
-    public = await start_server(queue={"paused": True}, server={"public_pages": True})
+    public = await start_offline(queue={"paused": True}, server={"public_pages": True})
     assert (await public.get(f"/deployments/{d.id}")).status == 200
     assert (await public.get(f"/api/v1/deployments/{d.id}")).status == 401

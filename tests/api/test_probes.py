@@ -16,12 +16,11 @@ from gatebot.errors import ProxyError
 from gatebot.model import JobKind, Origin, OriginKind
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.reconcile import ReconcileReport
-from gatebot.settings import DockerSettings
 from gatebot.store.jobs import NewJob
 from tests.support.deliveries import github_delivery, github_push_payload
 from tests.support.deploys import eventually_live
-from tests.support.server import ClientFactory, server_settings
-from tests.support.setup import Setup
+from tests.support.server import ClientFactory
+from tests.support.setup import Setup, Workspace
 
 
 async def eventually(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
@@ -70,16 +69,15 @@ async def test_a_paused_queue_is_ready_and_says_so(start_server: ClientFactory) 
 
 
 async def test_docker_unreachable_at_start_is_reported_and_webhooks_still_queue(
-    start_server: ClientFactory, setup: Setup
+    start_offline: ClientFactory, workspace: Workspace
 ) -> None:
-    nowhere = DockerSettings(host=f"unix://{setup.tmp_path}/no-docker.sock")
-    client = await start_server(server_settings(setup).model_copy(update={"docker": nowhere}))
+    client = await start_offline()  # its Docker client points at a socket no one listens on
     status, body = await readiness(client)
     assert status == 503
     assert body["checks"]["docker"].startswith("unavailable: Docker engine at")
     assert body["checks"]["queue"].startswith("not started: waiting for the Docker engine")
     body_bytes, headers = github_delivery(
-        "push", github_push_payload(f"acme/{setup.name}", "a" * 40)
+        "push", github_push_payload(f"acme/{workspace.name}", "a" * 40)
     )
     accepted = await client.post("/webhooks/github", data=body_bytes, headers=headers)
     assert accepted.status == 202  # durable: it runs once Docker answers

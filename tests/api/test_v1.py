@@ -13,7 +13,7 @@ from gatebot.model import JobKind, Origin, OriginKind
 from gatebot.store.jobs import NewJob
 from tests.support.deploys import eventually_live
 from tests.support.server import SLOW_HEALTH, ClientFactory, auth, read_events, running_job
-from tests.support.setup import Setup
+from tests.support.setup import Setup, Workspace
 
 Client = TestClient[Any, Any]
 SLOW_START = '#!/bin/sh\nsleep 1.5\nexec httpd -f -v -p "${PORT:-3000}" -h /www\n'
@@ -118,9 +118,9 @@ async def test_deploy_and_rollback_through_the_api(
 
 
 async def test_bad_deploy_requests_get_4xx_and_queue_nothing(
-    start_server: ClientFactory, setup: Setup
+    start_offline: ClientFactory, workspace: Workspace
 ) -> None:
-    client = await start_server(queue={"paused": True})
+    client = await start_offline(queue={"paused": True})
     headers = await auth(client)
     cases: list[tuple[bytes, int, str]] = [
         (b"", 400, "JSON object is needed"),
@@ -129,7 +129,7 @@ async def test_bad_deploy_requests_get_4xx_and_queue_nothing(
         (b"{}", 400, "projectId is required"),
         (b'{"projectId": 5}', 400, "projectId must be a non-empty string"),
         (b'{"project": "x"}', 400, "unknown field(s): project"),
-        (json.dumps({"projectId": setup.name, "sha": "--upload-pack=x"}).encode(), 400, "sha"),
+        (json.dumps({"projectId": workspace.name, "sha": "--upload-pack=x"}).encode(), 400, "sha"),
         (b'{"projectId": "nope"}', 404, "unknown project 'nope'"),
         (json.dumps({"projectId": "x" * 70_000}).encode(), 413, "over 65536 bytes"),
     ]
@@ -140,7 +140,7 @@ async def test_bad_deploy_requests_get_4xx_and_queue_nothing(
         assert set(answer) == {"error", "message"} and message in answer["message"], answer
     for body in (b'{"to": 3}', b'{"to": ""}', b'{"version": "1"}', b"[]"):
         response = await client.post(
-            f"/api/v1/projects/{setup.name}/rollback", data=body, headers=headers
+            f"/api/v1/projects/{workspace.name}/rollback", data=body, headers=headers
         )
         assert response.status == 400, body
     unknown = await client.post("/api/v1/projects/nope/rollback", headers=headers)

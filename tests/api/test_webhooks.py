@@ -26,16 +26,16 @@ from tests.support.deliveries import (
 )
 from tests.support.deploys import live_version
 from tests.support.server import ClientFactory, job_rows, post_github, server_settings
-from tests.support.setup import Setup
+from tests.support.setup import Setup, Workspace
 
 Client = TestClient[Any, Any]
 
 
 async def test_github_documented_test_vector_passes_verification(
-    start_server: ClientFactory, setup: Setup
+    start_offline: ClientFactory, workspace: Workspace
 ) -> None:
     github = {"webhook_secret": "It's a Secret to Everybody"}
-    client = await start_server(server_settings(setup, github=github))
+    client = await start_offline(server_settings(workspace, github=github))
     headers = {
         "Content-Type": "application/json",
         "X-GitHub-Event": "push",
@@ -53,15 +53,15 @@ async def test_github_documented_test_vector_passes_verification(
 
 
 async def test_push_queues_a_deploy_of_after_in_both_content_types(
-    start_server: ClientFactory, setup: Setup
+    start_offline: ClientFactory, workspace: Workspace
 ) -> None:
-    client = await start_server(queue={"paused": True})
+    client = await start_offline(queue={"paused": True})
     sha = "a" * 40
-    payload = github_push_payload(f"acme/{setup.name}", sha)
+    payload = github_push_payload(f"acme/{workspace.name}", sha)
     response = await post_github(client, "push", payload)
     assert response.status == 202
     body = await response.json()
-    assert body["queued"][0]["project"] == setup.name and body["queued"][0]["sha"] == sha
+    assert body["queued"][0]["project"] == workspace.name and body["queued"][0]["sha"] == sha
 
     form = urllib.parse.urlencode({"payload": json.dumps({**payload, "after": "b" * 40})}).encode()
     headers = {
@@ -78,10 +78,10 @@ async def test_push_queues_a_deploy_of_after_in_both_content_types(
 
 
 async def test_bad_signatures_get_401_and_start_nothing(
-    start_server: ClientFactory, setup: Setup
+    start_offline: ClientFactory, workspace: Workspace
 ) -> None:
-    client = await start_server(queue={"paused": True})
-    payload = github_push_payload(f"acme/{setup.name}", "c" * 40)
+    client = await start_offline(queue={"paused": True})
+    payload = github_push_payload(f"acme/{workspace.name}", "c" * 40)
     body, headers = github_delivery("push", payload)
 
     tampered = await client.post("/webhooks/github", data=body + b" ", headers=headers)
@@ -97,23 +97,23 @@ async def test_bad_signatures_get_401_and_start_nothing(
 
 
 async def test_no_secret_configured_accepts_nothing(
-    start_server: ClientFactory, setup: Setup
+    start_offline: ClientFactory, workspace: Workspace
 ) -> None:
-    no_secret = server_settings(setup, github={"webhook_secret": None}, gitlab={})
+    no_secret = server_settings(workspace, github={"webhook_secret": None}, gitlab={})
     assert no_secret.github.webhook_secret is None and no_secret.gitlab.webhook_token is None
-    client = await start_server(no_secret)
-    payload = github_push_payload(f"acme/{setup.name}", "c" * 40)
+    client = await start_offline(no_secret)
+    payload = github_push_payload(f"acme/{workspace.name}", "c" * 40)
     assert (await post_github(client, "push", payload)).status == 401
-    body, headers = gitlab_delivery(gitlab_push_payload(f"acme/{setup.name}", "c" * 40))
+    body, headers = gitlab_delivery(gitlab_push_payload(f"acme/{workspace.name}", "c" * 40))
     assert (await client.post("/webhooks/gitlab", data=body, headers=headers)).status == 401
     assert await job_rows(client) == []
 
 
 async def test_ping_and_ignored_events_answer_2xx_with_the_reason(
-    start_server: ClientFactory, setup: Setup
+    start_offline: ClientFactory, workspace: Workspace
 ) -> None:
-    client = await start_server(queue={"paused": True})
-    repo = f"acme/{setup.name}"
+    client = await start_offline(queue={"paused": True})
+    repo = f"acme/{workspace.name}"
     ping = fixture("github_ping.json")
     ping["repository"]["full_name"] = repo
     assert (await post_github(client, "ping", ping)).status == 200
@@ -141,19 +141,19 @@ async def test_ping_and_ignored_events_answer_2xx_with_the_reason(
 
 
 async def test_malformed_bodies_get_400_never_500(
-    start_server: ClientFactory, setup: Setup
+    start_offline: ClientFactory, workspace: Workspace
 ) -> None:
-    client = await start_server(queue={"paused": True})
+    client = await start_offline(queue={"paused": True})
     for body in (b"{not json", b"[]", b'{"ref": 5}', b"", b'{"after": "x"}', b"\xff\xfe"):
         response = await post_github(client, "push", body)
         assert response.status == 400, body
         assert (await response.json())["error"] == "bad_request"
-    missing_after = github_push_payload(f"acme/{setup.name}", "e" * 40)
+    missing_after = github_push_payload(f"acme/{workspace.name}", "e" * 40)
     del missing_after["after"]
     response = await post_github(client, "push", missing_after)
     assert response.status == 400 and "after" in (await response.json())["message"]
     no_delivery_body, headers = github_delivery(
-        "push", github_push_payload(f"acme/{setup.name}", "e" * 40)
+        "push", github_push_payload(f"acme/{workspace.name}", "e" * 40)
     )
     del headers["X-GitHub-Delivery"]
     response = await client.post("/webhooks/github", data=no_delivery_body, headers=headers)
@@ -161,9 +161,9 @@ async def test_malformed_bodies_get_400_never_500(
     assert await job_rows(client) == []
 
 
-async def test_oversized_body_gets_413(start_server: ClientFactory, setup: Setup) -> None:
-    client = await start_server(queue={"paused": True}, server={"max_body_bytes": 4096})
-    payload = github_push_payload(f"acme/{setup.name}", "f" * 40, padding="x" * 10_000)
+async def test_oversized_body_gets_413(start_offline: ClientFactory, workspace: Workspace) -> None:
+    client = await start_offline(queue={"paused": True}, server={"max_body_bytes": 4096})
+    payload = github_push_payload(f"acme/{workspace.name}", "f" * 40, padding="x" * 10_000)
     response = await post_github(client, "push", payload)
     assert response.status == 413
 
@@ -178,10 +178,10 @@ async def test_oversized_body_gets_413(start_server: ClientFactory, setup: Setup
 
 
 async def test_redelivery_is_acknowledged_and_queues_nothing(
-    start_server: ClientFactory, setup: Setup
+    start_offline: ClientFactory, workspace: Workspace
 ) -> None:
-    client = await start_server(queue={"paused": True})
-    payload = github_push_payload(f"acme/{setup.name}", "1" * 40)
+    client = await start_offline(queue={"paused": True})
+    payload = github_push_payload(f"acme/{workspace.name}", "1" * 40)
     first = await post_github(client, "push", payload, delivery="same-id")
     again = await post_github(client, "push", payload, delivery="same-id")
     assert first.status == 202
@@ -189,12 +189,14 @@ async def test_redelivery_is_acknowledged_and_queues_nothing(
     assert len(await job_rows(client)) == 1
 
 
-async def test_gitlab_token_and_signing_token(start_server: ClientFactory, setup: Setup) -> None:
-    repo = f"acme/{setup.name}"
+async def test_gitlab_token_and_signing_token(
+    start_offline: ClientFactory, workspace: Workspace
+) -> None:
+    repo = f"acme/{workspace.name}"
     shas = (f"{n:040x}" for n in itertools.count(1))  # a distinct body each time
 
     async def sender(gitlab: dict[str, str]) -> Callable[..., Awaitable[int]]:
-        client = await start_server(queue={"paused": True}, forge="gitlab", gitlab=gitlab)
+        client = await start_offline(queue={"paused": True}, forge="gitlab", gitlab=gitlab)
 
         async def send(**kw: Any) -> int:
             body, headers = gitlab_delivery(gitlab_push_payload(repo, next(shas)), **kw)
@@ -313,10 +315,10 @@ async def test_health_and_readiness(start_server: ClientFactory, setup: Setup) -
 
 
 async def test_a_replayed_body_under_a_new_delivery_id_is_a_duplicate(
-    start_server: ClientFactory, setup: Setup
+    start_offline: ClientFactory, workspace: Workspace
 ) -> None:
-    client = await start_server(queue={"paused": True})
-    payload = github_push_payload(f"acme/{setup.name}", "5" * 40)
+    client = await start_offline(queue={"paused": True})
+    payload = github_push_payload(f"acme/{workspace.name}", "5" * 40)
     first = await post_github(client, "push", payload, delivery="original")
     replay = await post_github(client, "push", payload, delivery="forged-new-id")
     assert first.status == 202
