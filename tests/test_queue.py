@@ -292,7 +292,7 @@ async def test_an_interrupted_job_is_not_requeued_when_a_newer_job_exists(
 async def test_the_dispatcher_outlives_a_database_error(
     engine: Engine, make_queue: QueueFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(queue_module, "DISPATCH_RETRY_SECONDS", 0.05, raising=False)
+    monkeypatch.setattr(queue_module, "DISPATCH_RETRY_SECONDS", 0.05)
     real_queued = engine.store.jobs.queued
     failures = []
 
@@ -322,7 +322,7 @@ async def test_the_dispatcher_outlives_a_database_error(
 async def test_a_job_whose_end_cannot_be_recorded_at_first_still_ends(
     engine: Engine, make_queue: QueueFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(queue_module, "RECORD_RETRY_SECONDS", (0.05,), raising=False)
+    monkeypatch.setattr(queue_module, "RECORD_RETRY_SECONDS", (0.05,))
     real_finish = engine.store.jobs.finish
     failures = []
 

@@ -7,6 +7,7 @@ bad argument."""
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -346,10 +347,8 @@ async def test_gitlab_statuses_and_rollback_note(
         payload["commit"]["id"] = sha2
         payload["user"].update(username=user, id=user_id)
         body, headers = gitlab_delivery(payload, event="Note Hook")
-        assert (await client.post("/webhooks/gitlab", data=body, headers=headers)).status in (
-            200,
-            202,
-        )
+        answer = await client.post("/webhooks/gitlab", data=body, headers=headers)
+        assert answer.status == 202 and (await answer.json())["queued"], "decided when it runs"
         await settle(client)
 
     await note("guest", 2)
@@ -442,11 +441,16 @@ async def test_a_comment_decided_against_a_live_release_that_changed_is_refused(
 
 
 async def test_a_busy_project_makes_a_comment_wait_without_a_word(
-    start_server: ClientFactory, setup: Setup, github: tuple[FakeGitHub, str]
+    start_server: ClientFactory,
+    setup: Setup,
+    github: tuple[FakeGitHub, str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     import asyncio
     import subprocess
     import sys
+
+    caplog.set_level(logging.INFO, logger="gatebot.queue")
 
     fake, url = github
     client, repo = await github_server(
@@ -484,4 +488,6 @@ async def test_a_busy_project_makes_a_comment_wait_without_a_word(
     replies = fake.comments(repo, shas[-1])
     assert len(replies) == 2 and "someone" not in " ".join(replies)
     permission_checks = fake.calls_to(f"/repos/{repo}/collaborators/alice/permission")
+    waits = [r for r in caplog.records if r.name == "gatebot.queue" and "waits" in r.message]
+    assert len(waits) >= 2, "the job met the held lock and was retried"
     assert len(permission_checks) == 1, "asked once, not at every retry"
