@@ -19,7 +19,7 @@ import pytest
 
 from gatebot import queue as queue_module
 from gatebot.app import start_work
-from gatebot.model import JobKind, Origin, OriginKind
+from gatebot.model import JobKind, JobState, Origin, OriginKind
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.jobs import run_job
 from gatebot.pipeline.journal import Listener
@@ -294,7 +294,7 @@ async def test_the_dispatcher_outlives_a_database_error(
 ) -> None:
     monkeypatch.setattr(queue_module, "DISPATCH_RETRY_SECONDS", 0.05)
     real_queued = engine.store.jobs.queued
-    failures = []
+    failures: list[int] = []
 
     async def locked_once() -> list[Job]:
         if not failures:
@@ -324,9 +324,9 @@ async def test_a_job_whose_end_cannot_be_recorded_at_first_still_ends(
 ) -> None:
     monkeypatch.setattr(queue_module, "RECORD_RETRY_SECONDS", (0.05,))
     real_finish = engine.store.jobs.finish
-    failures = []
+    failures: list[int] = []
 
-    async def locked_once(job_id: int, state: str, **kw: Any) -> Job:
+    async def locked_once(job_id: int, state: JobState, **kw: Any) -> Job:
         if not failures:
             failures.append(job_id)
             raise sqlite3.OperationalError("database is locked")

@@ -69,8 +69,8 @@ async def test_every_endpoint_needs_a_token_and_the_right_scope(
             assert response.status == 401, (method, path, headers)
             assert response.headers["WWW-Authenticate"].startswith('Bearer realm="gatebot"')
             if method == "GET":
-                body = await response.json()
-                assert body["error"] == "unauthorized" and set(body) == {"error", "message"}
+                answer = await response.json()
+                assert answer["error"] == "unauthorized" and set(answer) == {"error", "message"}
         assert (await client.request(method, path, headers=read)).status == 200, path
         assert (await client.request(method, path, headers=deploy)).status == 200, path
 

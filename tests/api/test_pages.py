@@ -30,8 +30,9 @@ async def deploy(client: Client, setup: Setup, headers: dict[str, str]) -> int:
     assert response.status == 202
     await client.app[QUEUE].drain()
     job = await client.app[ENGINE].store.jobs.require((await response.json())["id"])
-    assert job.deployment_id is not None
-    return job.deployment_id
+    deployment_id: int | None = job.deployment_id
+    assert deployment_id is not None
+    return deployment_id
 
 
 async def test_finished_deployments_render_with_their_timeline_and_no_secrets(

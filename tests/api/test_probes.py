@@ -15,7 +15,7 @@ from gatebot.api.keys import ENGINE, QUEUE
 from gatebot.errors import ProxyError
 from gatebot.model import JobKind, Origin, OriginKind
 from gatebot.pipeline.engine import Engine
-from gatebot.pipeline.reconcile import ReconcileReport
+from gatebot.pipeline.reconcile import ReconcileReport, reconcile
 from gatebot.store.jobs import NewJob
 from tests.support.deliveries import github_delivery, github_push_payload
 from tests.support.deploys import eventually_live
@@ -88,7 +88,7 @@ async def test_a_start_that_fails_with_any_error_is_tried_again_until_the_queue_
     start_server: ClientFactory, setup: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(app_module, "STARTUP_RETRY_SECONDS", 0.1)
-    real_reconcile = app_module.reconcile
+    real_reconcile = reconcile
     calls: list[int] = []
     failing = [True]
 

@@ -80,7 +80,8 @@ async def post_github(
 
 
 async def job_rows(client: Client) -> list[Job]:
-    return await client.app[ENGINE].store.jobs.recent(limit=1000)
+    jobs: list[Job] = await client.app[ENGINE].store.jobs.recent(limit=1000)
+    return jobs
 
 
 async def wait_until(predicate: Callable[[], Awaitable[Any]], timeout: float = 30.0) -> Any:
@@ -97,7 +98,9 @@ async def wait_until(predicate: Callable[[], Awaitable[Any]], timeout: float = 3
 
 async def running_job(client: Client, project: str, *, with_deployment: bool = True) -> Job:
     async def find() -> Job | None:
-        jobs = await client.app[ENGINE].store.jobs.recent(project=project, state="running")
+        jobs: list[Job] = await client.app[ENGINE].store.jobs.recent(
+            project=project, state="running"
+        )
         if jobs and (jobs[0].deployment_id is not None or not with_deployment):
             return jobs[0]
         return None

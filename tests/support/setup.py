@@ -35,8 +35,9 @@ class Workspace:
             self.name, self.repo_url, self.base_port, self.site_port, **overrides
         )
 
-    def settings(self, **tables: dict[str, Any]) -> Settings:
-        return build_settings(self.data_dir, [self.project()], nginx=self.nginx, **tables)
+    def settings(self, **overrides: Any) -> Settings:
+        """Settings with this one project (keys in `overrides` change it)."""
+        return build_settings(self.data_dir, [self.project(**overrides)], nginx=self.nginx)
 
     @property
     def site_url(self) -> str:
