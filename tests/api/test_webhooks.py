@@ -24,7 +24,7 @@ from tests.support.deliveries import (
     gitlab_delivery,
     gitlab_push_payload,
 )
-from tests.support.deploys import live_version
+from tests.support.deploys import eventually_live, live_version
 from tests.support.server import ClientFactory, job_rows, post_github, server_settings
 from tests.support.setup import Setup, Workspace
 
@@ -303,7 +303,7 @@ async def test_gitlab_push_goes_live(start_server: ClientFactory, setup: Setup) 
     body, headers = gitlab_delivery(gitlab_push_payload(f"acme/{setup.name}", sha))
     assert (await client.post("/webhooks/gitlab", data=body, headers=headers)).status == 202
     await client.app[QUEUE].drain()
-    assert await live_version(setup) == "v1"
+    assert await eventually_live(setup, "v1") == "v1"
 
 
 async def test_health_and_readiness(start_server: ClientFactory, setup: Setup) -> None:
