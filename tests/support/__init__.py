@@ -5,6 +5,6 @@ wired to them (setup.py), HTTP helpers (http.py), and helpers for servers under 
 and for deploys (deploys.py).
 
 Outside the installed package on purpose: these need a source checkout (the sample app is in
-scripts/sample-app). Only setup.py, server.py and deploys.py are for tests alone; the others
-import neither pytest nor a test module, so scripts can put the checkout on sys.path and use them.
+scripts/sample-app). setup.py, server.py and deploys.py serve the tests alone; no module here
+imports pytest, so scripts put the checkout on sys.path and import the rest.
 """
