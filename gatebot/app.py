@@ -1,7 +1,8 @@
 """The aiohttp application factory: the one place the server's parts are wired together.
 
 `create_app(settings)` builds the app (webhooks, the REST API, deployment pages, metrics, probes);
-its cleanup context opens the engine (database, Docker),
+its cleanup context opens the engine (database, Docker, nginx, git) and the forge clients
+through the openers it is given (gatebot/wiring.py's by default),
 runs start-up reconciliation and recovers interrupted jobs before deploys run, starts the queue,
 and on shutdown lets running deploys finish (bounded by [queue] shutdown_timeout). When that
 start fails (Docker unreachable, nginx refusing the reconciled files, a locked database), the
@@ -14,37 +15,52 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from gatebot import wiring
 from gatebot.api import dashboard, pages, probes, v1, webhooks
+from gatebot.api import metrics as metrics_api
 from gatebot.api.errors import body_reader, error_middleware
-from gatebot.api.keys import ENGINE, FEEDBACK, QUEUE, SECRETS, SETTINGS
+from gatebot.api.keys import ENGINE, FEEDBACK, METRICS, QUEUE, SECRETS, SETTINGS
 from gatebot.errors import GatebotError, RuntimeUnavailable
 from gatebot.feedback import Feedback
 from gatebot.feedback.comments import comment_runner
-from gatebot.metrics import METRICS, Metrics, MetricsObserver, counted, webhook_metrics
-from gatebot.metrics import routes as metrics_routes
-from gatebot.pipeline.engine import Engine
+from gatebot.metrics import Metrics, MetricsObserver, counted
+from gatebot.pipeline.engine import Engine, EngineListeners
 from gatebot.pipeline.jobs import run_job
 from gatebot.pipeline.reconcile import reconcile
 from gatebot.queue import JobObserver, JobQueue
 from gatebot.redact import secrets_of
 from gatebot.settings import Settings
-from gatebot.wiring import open_engine, open_forges
+
+if TYPE_CHECKING:
+    from gatebot.forges.base import ForgeClient
 
 log = logging.getLogger("gatebot.app")
 
 ObserverFactory = Callable[[Settings, Engine], list[JobObserver]]
+# What the server runs on, opened for its lifetime: the engine (told who listens to it) and a
+# client per forge with API credentials. gatebot/wiring.py has the real ones.
+EngineOpener = Callable[[Settings, EngineListeners], AbstractAsyncContextManager[Engine]]
+ForgesOpener = Callable[[Settings], AbstractAsyncContextManager["dict[str, ForgeClient]"]]
 STARTUP_RETRY_SECONDS = 5.0
 PRUNE_EVERY_SECONDS = 3600.0
 
 
-def create_app(settings: Settings, *, observers: ObserverFactory | None = None) -> web.Application:
+def create_app(
+    settings: Settings,
+    *,
+    open_engine: EngineOpener = wiring.open_engine,
+    open_forges: ForgesOpener = wiring.open_forges,
+    observers: ObserverFactory | None = None,
+) -> web.Application:
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
-        middlewares=[webhook_metrics, error_middleware, body_reader],
+        middlewares=[metrics_api.webhook_metrics, error_middleware, body_reader],
     )
     metrics = Metrics()
     app[SETTINGS] = settings
@@ -55,11 +71,13 @@ def create_app(settings: Settings, *, observers: ObserverFactory | None = None) 
     app.add_routes(v1.routes)
     app.add_routes(pages.routes)
     dashboard.install(app, settings)
-    app.add_routes(metrics_routes)
+    app.add_routes(metrics_api.routes)
 
     async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
-        async with open_engine(settings) as engine, open_forges(settings) as forges:
-            engine.proxy.on_reload = metrics.nginx_reload
+        async with (
+            open_engine(settings, metrics.engine_listeners()) as engine,
+            open_forges(settings) as forges,
+        ):
             feedback = Feedback.over(settings, counted(forges, metrics))
             queue = JobQueue(
                 engine,

@@ -1,35 +1,33 @@
-"""Prometheus metrics for one gatebot server, served at GET /metrics.
+"""Prometheus metrics for one gatebot server: the registry and what feeds it, without HTTP.
 
 Each app gets its own `CollectorRegistry`, so several servers in one process (the tests) never
 share a counter. The numbers come from where things happen without the pipeline importing
-anything from here: a JobObserver for jobs and durations, a listener on the nginx proxy for
-reloads, a per-job health-probe listener for latencies, a middleware for webhooks, and a
-counting wrapper around each forge client. Job
-counts by state are read from SQLite when /metrics is scraped, so they are right after a restart.
+anything from here: a JobObserver for jobs and durations, listeners handed to the engine for
+nginx reloads and health-probe latencies (`engine_listeners`), a counting wrapper around each
+forge client, and the webhook outcome each delivery's handler records. Job counts by state are
+read from SQLite when /metrics is scraped, so they are right after a restart. The route and the
+webhook middleware are in gatebot/api/metrics.py.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Mapping
+from typing import TYPE_CHECKING, TypeVar
 
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
-from gatebot.api.errors import Handler
-from gatebot.api.keys import ENGINE
-from gatebot.forges.base import CommitRef, DeployState, ForgeClient, RepoRef, StatusTarget
 from gatebot.model import JobKind, JobState
-from gatebot.pipeline.engine import Engine
-from gatebot.pipeline.health import listen_to_probes
-from gatebot.pipeline.journal import JournalEvent
-from gatebot.store.deployments import Deployment
-from gatebot.store.jobs import Job
+
+if TYPE_CHECKING:
+    from gatebot.forges.base import CommitRef, DeployState, ForgeClient, RepoRef, StatusTarget
+    from gatebot.pipeline.engine import EngineListeners
+    from gatebot.pipeline.journal import JournalEvent
+    from gatebot.store.deployments import Deployment
+    from gatebot.store.jobs import Job
 
 log = logging.getLogger("gatebot.metrics")
 T = TypeVar("T")
@@ -64,7 +62,6 @@ KNOWN_EVENTS = frozenset(
         "system_hook",
     }
 )
-EVENT_HEADERS = {"github": "X-GitHub-Event", "gitlab": "X-Gitlab-Event"}
 
 
 class Metrics:
@@ -146,10 +143,16 @@ class Metrics:
     def webhook(self, forge: str, event: str, outcome: str) -> None:
         self.webhooks.labels(forge, event, outcome).inc()
 
+    def engine_listeners(self) -> EngineListeners:
+        """The listeners to build the engine with: nginx reloads and health probes."""
+        from gatebot.pipeline.engine import EngineListeners
+
+        return EngineListeners(nginx_reload=self.nginx_reload, health_probe=self.health_probe)
+
     # --- scraping ---------------------------------------------------------------------------
 
-    async def refresh(self, engine: Engine) -> None:
-        counts = await engine.store.jobs.counts()
+    def set_job_counts(self, counts: Mapping[str, int]) -> None:
+        """Jobs by state, as the database counts them."""
         for state in JobState:
             self.jobs.labels(state).set(counts.get(state, 0))
         self.queue_depth.set(counts.get(JobState.QUEUED, 0))
@@ -173,8 +176,6 @@ class MetricsObserver:
 
     async def job_started(self, job: Job) -> None:
         self._started[job.id] = time.monotonic()
-        # Awaited inside the job's own task: the listener hears this job's health probes only.
-        listen_to_probes(self.metrics.health_probe)
 
     def job_event(self, job: Job, event: JournalEvent) -> None:
         return None
@@ -226,70 +227,9 @@ def counted(forges: dict[str, ForgeClient], metrics: Metrics) -> dict[str, Forge
     return {name: CountedForge(client, name, metrics) for name, client in forges.items()}
 
 
-# --- HTTP -----------------------------------------------------------------------------------
-
-METRICS = web.AppKey("metrics", Metrics)
-routes = web.RouteTableDef()
-
-
-@routes.get("/metrics")
-async def metrics_endpoint(request: web.Request) -> web.Response:
-    metrics = request.app[METRICS]
-    await metrics.refresh(request.app[ENGINE])
-    return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
 def event_label(forge: str, raw: str | None) -> str:
     """A forge's event header as a bounded label: ``"Push Hook"`` -> ``"push_hook"``."""
     if not raw:
         return "none"
     name = re.sub(r"[^a-z0-9]+", "_", raw.strip().lower()).strip("_")
     return name if name in KNOWN_EVENTS else "other"
-
-
-def webhook_outcome(status: int, body: bytes | None) -> str:
-    """What became of a delivery, from the answer gatebot gave."""
-    if status == 202:
-        return "queued"
-    if status == 200:
-        data: Any = None
-        try:
-            data = json.loads(body or b"")
-        except ValueError:
-            pass
-        if isinstance(data, dict):
-            if data.get("duplicate"):
-                return "duplicate"
-            if data.get("ignored"):
-                return "ignored"
-            if data.get("event") == "ping":
-                return "ping"
-        return "ok"
-    return {
-        400: "bad_request",
-        401: "unauthorized",
-        403: "forbidden",
-        408: "timeout",
-        413: "too_large",
-        499: "client_closed",
-    }.get(status, "error")
-
-
-@web.middleware
-async def webhook_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count each webhook delivery by forge, event and outcome (outermost middleware, so it
-    sees the answer the error middleware made)."""
-    forge = request.path.removeprefix("/webhooks/")
-    if request.method != "POST" or forge not in EVENT_HEADERS or forge == request.path:
-        return await handler(request)
-    event = event_label(forge, request.headers.get(EVENT_HEADERS[forge]))
-    try:
-        response = await handler(request)
-    except Exception:
-        request.app[METRICS].webhook(forge, event, "error")
-        raise
-    body = response.body if isinstance(response, web.Response) else None
-    request.app[METRICS].webhook(
-        forge, event, webhook_outcome(response.status, body if isinstance(body, bytes) else None)
-    )
-    return response

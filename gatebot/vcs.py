@@ -24,6 +24,7 @@ import git
 
 from gatebot.errors import SourceError
 from gatebot.redact import redact_url
+from gatebot.source import Checkout
 
 _SHA = re.compile(r"^[0-9a-fA-F]{7,64}$")
 
@@ -59,14 +60,9 @@ def split_credentials(url: str) -> tuple[str, Credentials | None]:
     return clean, Credentials(unquote(user or ""), unquote(password or ""))
 
 
-@dataclass(frozen=True)
-class Checkout:
-    path: Path
-    sha: str
-    message: str
-
-
 class GitSource:
+    """A `Source` over git (see gatebot/source.py)."""
+
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
 

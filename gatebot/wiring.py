@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
-from gatebot.pipeline.engine import Engine
+from gatebot.pipeline.engine import Engine, EngineListeners
 from gatebot.pipeline.lock import ProjectLocks
 from gatebot.proxy.nginx import NginxProxy
 from gatebot.runtime.docker import DockerRuntime
@@ -44,8 +44,11 @@ async def open_forges(settings: Settings) -> AsyncIterator[dict[str, ForgeClient
 
 
 @asynccontextmanager
-async def open_engine(settings: Settings) -> AsyncIterator[Engine]:
+async def open_engine(
+    settings: Settings, listeners: EngineListeners | None = None
+) -> AsyncIterator[Engine]:
     """Open the database and the Docker client for `settings`; close both afterwards."""
+    listeners = listeners or EngineListeners()
     data_dir = settings.server.data_dir
     store = await Store.open(data_dir / "gatebot.db")
     runtime = DockerRuntime(settings.docker_host)
@@ -55,11 +58,15 @@ async def open_engine(settings: Settings) -> AsyncIterator[Engine]:
             store=store,
             runtime=runtime,
             proxy=NginxProxy(
-                settings.nginx.conf_dir, settings.nginx.test_cmd, settings.nginx.reload_cmd
+                settings.nginx.conf_dir,
+                settings.nginx.test_cmd,
+                settings.nginx.reload_cmd,
+                on_reload=listeners.nginx_reload,
             ),
             source=GitSource(data_dir / "checkouts"),
             locks=ProjectLocks(data_dir / "locks"),
             logs_dir=data_dir / "logs",
+            on_probe=listeners.health_probe,
         )
     finally:
         await runtime.close()

@@ -1,4 +1,9 @@
-"""Fixtures over the real components in tests/harness.py."""
+"""Fixtures over the real components in tests/support/, and the marks that say which tests
+need them, set from the fixtures a test uses (directly or through others): one reaching the
+Docker engine is marked `docker`; one starting nginx is marked `nginx` and `docker` too, since
+`docker` marks every test that needs the services scripts/test provides. So
+`pytest -m "not docker"` runs the rest on a machine with neither Docker nor nginx.
+"""
 
 from __future__ import annotations
 
@@ -11,29 +16,42 @@ from typing import Any
 
 import docker
 import pytest
+from aiohttp.test_utils import TestClient
 
-from gatebot.devtools import free_port
+from gatebot.app import create_app
 from gatebot.pipeline.engine import Engine
 from gatebot.runtime.base import LABEL_PROJECT
 from gatebot.settings import Settings
 from gatebot.wiring import open_engine
-from tests.harness import (
-    BUSYBOX,
-    Nginx,
-    SampleRepo,
-    free_port_pair,
-    make_settings,
-    project_config,
-)
+from tests.support.real import BUSYBOX, Nginx, SampleRepo
+from tests.support.server import ClientFactory, open_engine_without_docker, server_settings
+from tests.support.setup import Setup, Workspace
 
 _names = itertools.count(1)
+
+# Fixtures that reach the real Docker engine or start a real nginx.
+DOCKER_FIXTURES = frozenset({"docker_client"})
+NGINX_FIXTURES = frozenset({"nginx"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if used & DOCKER_FIXTURES:
+            item.add_marker(pytest.mark.docker)
+        if used & NGINX_FIXTURES:
+            item.add_marker(pytest.mark.nginx)
+            item.add_marker(pytest.mark.docker)
 
 
 @pytest.fixture(scope="session")
 def docker_client() -> Iterator[docker.DockerClient]:
     host = os.environ.get("DOCKER_HOST")
     if not host:
-        pytest.exit("DOCKER_HOST is not set: run the suite through scripts/test", returncode=2)
+        pytest.exit(
+            'DOCKER_HOST is not set: run the suite through scripts/test, or pytest -m "not docker"',
+            returncode=2,
+        )
     client = docker.DockerClient(base_url=host)
     try:
         client.ping()
@@ -58,10 +76,14 @@ def sample_repo(tmp_path: Path) -> SampleRepo:
     return SampleRepo(tmp_path / "repo")
 
 
+def unique_name() -> str:
+    return f"t{os.getpid() % 10000}-{next(_names)}"
+
+
 @pytest.fixture
 def project_name(docker_client: docker.DockerClient) -> Iterator[str]:
     """A project name unique in this run; its containers are removed after the test."""
-    name = f"t{os.getpid() % 10000}-{next(_names)}"
+    name = unique_name()
     yield name
     for container in docker_client.containers.list(
         all=True, filters={"label": f"{LABEL_PROJECT}={name}"}
@@ -72,35 +94,47 @@ def project_name(docker_client: docker.DockerClient) -> Iterator[str]:
             docker_client.images.remove(image.id, force=True)
 
 
-class Setup:
-    """One project wired to a real nginx and a real repository."""
-
-    def __init__(self, tmp_path: Path, nginx: Nginx, repo: SampleRepo, name: str) -> None:
-        self.tmp_path = tmp_path
-        self.nginx = nginx
-        self.repo = repo
-        self.name = name
-        self.base_port = free_port_pair()
-        self.site_port = free_port()
-        self.data_dir = tmp_path / "data"
-
-    def project(self, **overrides: Any) -> dict[str, Any]:
-        return project_config(self.name, self.repo, self.base_port, self.site_port, **overrides)
-
-    def settings(self, **overrides: Any) -> Settings:
-        return make_settings(self.data_dir, self.nginx, [self.project(**overrides)])
-
-    @property
-    def site_url(self) -> str:
-        return f"http://127.0.0.1:{self.site_port}"
-
-
 @pytest.fixture
 def setup(tmp_path: Path, nginx: Nginx, sample_repo: SampleRepo, project_name: str) -> Setup:
     return Setup(tmp_path, nginx, sample_repo, project_name)
 
 
 @pytest.fixture
+def workspace(tmp_path: Path) -> Workspace:
+    """A project with no Docker, nginx or repository behind it."""
+    return Workspace(tmp_path, unique_name())
+
+
+@pytest.fixture
 async def engine(setup: Setup) -> AsyncIterator[Engine]:
     async with open_engine(setup.settings()) as opened:
         yield opened
+
+
+@pytest.fixture
+def start_server(aiohttp_client: Any, setup: Setup) -> ClientFactory:
+    """Start gatebot (app factory, cleanup context and all) with settings for `setup`."""
+
+    async def start(settings: Settings | None = None, **overrides: Any) -> TestClient[Any, Any]:
+        client: TestClient[Any, Any] = await aiohttp_client(
+            create_app(settings or server_settings(setup, **overrides))
+        )
+        return client
+
+    return start
+
+
+@pytest.fixture
+def start_offline(aiohttp_client: Any, workspace: Workspace) -> ClientFactory:
+    """Start gatebot for `workspace` as `start_server` does, but with no Docker engine to reach
+    (see open_engine_without_docker): for tests of requests, never of deploys."""
+
+    async def start(settings: Settings | None = None, **overrides: Any) -> TestClient[Any, Any]:
+        app = create_app(
+            settings or server_settings(workspace, **overrides),
+            open_engine=open_engine_without_docker,
+        )
+        client: TestClient[Any, Any] = await aiohttp_client(app)
+        return client
+
+    return start

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import Setup
-from tests.harness import write_config
+from tests.support.settings import write_config
+from tests.support.setup import Setup
 
 
 def gatebot(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -25,7 +25,10 @@ def gatebot(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 def config_file(setup: Setup, **overrides: Any) -> Path:
     return write_config(
-        setup.tmp_path / "gatebot.toml", setup.data_dir, setup.nginx, [setup.project(**overrides)]
+        setup.tmp_path / "gatebot.toml",
+        setup.data_dir,
+        [setup.project(**overrides)],
+        nginx=setup.nginx,
     )
 
 

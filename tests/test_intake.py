@@ -23,7 +23,7 @@ from gatebot.intake import (
 )
 from gatebot.model import JobKind, OriginKind
 from gatebot.settings import Settings, parse_settings
-from tests.deliveries import github_signature
+from tests.support.deliveries import github_signature
 
 
 def settings_of(tmp_path: Path, *projects: dict[str, Any], **sections: Any) -> Settings:

@@ -13,13 +13,14 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 
 from gatebot import queue as queue_module
 from gatebot.app import start_work
-from gatebot.model import JobKind, Origin, OriginKind
+from gatebot.model import JobKind, JobState, Origin, OriginKind
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.jobs import run_job
 from gatebot.pipeline.journal import Listener
@@ -27,8 +28,10 @@ from gatebot.queue import JobQueue, JobRunner
 from gatebot.settings import QueueSettings
 from gatebot.store.deployments import Deployment
 from gatebot.store.jobs import Job, NewJob
-from tests.conftest import Setup
-from tests.pipeline.test_deploy import eventually_live
+from gatebot.wiring import open_engine
+from tests.support.deploys import eventually_live
+from tests.support.server import open_engine_without_docker
+from tests.support.setup import Setup, Workspace
 
 QueueFactory = Callable[..., JobQueue]
 
@@ -88,8 +91,23 @@ class Started:
 
 
 @pytest.fixture
-async def make_queue(engine: Engine) -> AsyncIterator[QueueFactory]:
-    """JobQueues over the real engine; each is stopped (running jobs cut off) at the end."""
+async def engine(workspace: Workspace) -> AsyncIterator[Engine]:
+    """Here, gatebot's engine with Docker unreachable (real SQLite, real project locks): the
+    queue is tested with stand-in runners that never reach the pipeline. The tests that deploy
+    or reconcile use the real one (`deploying_engine`, `make_deploying_queue`)."""
+    async with open_engine_without_docker(workspace.settings()) as opened:
+        yield opened
+
+
+@pytest.fixture
+async def deploying_engine(setup: Setup) -> AsyncIterator[Engine]:
+    async with open_engine(setup.settings()) as opened:
+        yield opened
+
+
+@asynccontextmanager
+async def queues_over(engine: Engine) -> AsyncIterator[QueueFactory]:
+    """JobQueues over `engine`; each is stopped (running jobs cut off) at the end."""
     made: list[JobQueue] = []
 
     def make(runner: JobRunner, *, observers: list[Any] | None = None, **queue: Any) -> JobQueue:
@@ -99,6 +117,18 @@ async def make_queue(engine: Engine) -> AsyncIterator[QueueFactory]:
     yield make
     for q in made:
         await q.stop(timeout=0)
+
+
+@pytest.fixture
+async def make_queue(engine: Engine) -> AsyncIterator[QueueFactory]:
+    async with queues_over(engine) as make:
+        yield make
+
+
+@pytest.fixture
+async def make_deploying_queue(deploying_engine: Engine) -> AsyncIterator[QueueFactory]:
+    async with queues_over(deploying_engine) as make:
+        yield make
 
 
 def deploy_job(project: str, sha: str | None = None) -> NewJob:
@@ -141,8 +171,9 @@ def hold_lock(engine: Engine, project: str) -> subprocess.Popen[str]:
 
 
 async def test_a_project_locked_by_another_process_waits_then_deploys_once_free(
-    engine: Engine, setup: Setup, make_queue: QueueFactory
+    deploying_engine: Engine, setup: Setup, make_deploying_queue: QueueFactory
 ) -> None:
+    engine, make_queue = deploying_engine, make_deploying_queue
     retry = 0.5
     sha = setup.repo.commit("v1")
     started = Started()
@@ -231,8 +262,9 @@ async def crash(queue: JobQueue) -> None:
 
 
 async def test_an_interrupted_job_is_requeued_once_and_its_retry_not_again(
-    engine: Engine, setup: Setup, make_queue: QueueFactory
+    deploying_engine: Engine, setup: Setup, make_deploying_queue: QueueFactory
 ) -> None:
+    engine, make_queue = deploying_engine, make_deploying_queue  # start_work reconciles
     gate = Gate()  # closed: a job runs until the crash
     first = make_queue(gate)
     await first.start()
@@ -264,8 +296,9 @@ async def test_an_interrupted_job_is_requeued_once_and_its_retry_not_again(
 
 
 async def test_an_interrupted_job_is_not_requeued_when_a_newer_job_exists(
-    engine: Engine, setup: Setup, make_queue: QueueFactory
+    deploying_engine: Engine, setup: Setup, make_deploying_queue: QueueFactory
 ) -> None:
+    engine, make_queue = deploying_engine, make_deploying_queue  # start_work reconciles
     gate = Gate()
     first = make_queue(gate)
     await first.start()
@@ -292,9 +325,9 @@ async def test_an_interrupted_job_is_not_requeued_when_a_newer_job_exists(
 async def test_the_dispatcher_outlives_a_database_error(
     engine: Engine, make_queue: QueueFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(queue_module, "DISPATCH_RETRY_SECONDS", 0.05, raising=False)
+    monkeypatch.setattr(queue_module, "DISPATCH_RETRY_SECONDS", 0.05)
     real_queued = engine.store.jobs.queued
-    failures = []
+    failures: list[int] = []
 
     async def locked_once() -> list[Job]:
         if not failures:
@@ -322,11 +355,11 @@ async def test_the_dispatcher_outlives_a_database_error(
 async def test_a_job_whose_end_cannot_be_recorded_at_first_still_ends(
     engine: Engine, make_queue: QueueFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(queue_module, "RECORD_RETRY_SECONDS", (0.05,), raising=False)
+    monkeypatch.setattr(queue_module, "RECORD_RETRY_SECONDS", (0.05,))
     real_finish = engine.store.jobs.finish
-    failures = []
+    failures: list[int] = []
 
-    async def locked_once(job_id: int, state: str, **kw: Any) -> Job:
+    async def locked_once(job_id: int, state: JobState, **kw: Any) -> Job:
         if not failures:
             failures.append(job_id)
             raise sqlite3.OperationalError("database is locked")

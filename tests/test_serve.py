@@ -13,10 +13,10 @@ import urllib.request
 
 import aiohttp
 
-from gatebot.devtools import free_port
-from tests.conftest import Setup
-from tests.deliveries import GITHUB_SECRET, github_delivery, github_push_payload
-from tests.harness import write_config
+from tests.support.deliveries import GITHUB_SECRET, github_delivery, github_push_payload
+from tests.support.real import free_port
+from tests.support.settings import write_config
+from tests.support.setup import Setup
 
 
 def job_states(db: str) -> list[tuple[int, str]]:
@@ -39,9 +39,14 @@ async def test_sigterm_lets_the_running_deploy_finish_and_keeps_queued_jobs(setu
     project = setup.project(
         forge_repo=f"acme/{setup.name}", health={"start_period": 2.0, "interval": 0.1}
     )
-    path = write_config(setup.tmp_path / "gatebot.toml", setup.data_dir, setup.nginx, [project])
-    text = path.read_text().replace("[server]\n", f'[server]\nlisten = "127.0.0.1:{port}"\n', 1)
-    path.write_text(text + '[github]\nwebhook_secret = "env:TEST_SECRET"\n')
+    path = write_config(
+        setup.tmp_path / "gatebot.toml",
+        setup.data_dir,
+        [project],
+        nginx=setup.nginx,
+        server={"listen": f"127.0.0.1:{port}"},
+        github={"webhook_secret": "env:TEST_SECRET"},
+    )
     server = subprocess.Popen(
         [sys.executable, "-m", "gatebot", "-c", str(path), "serve"],
         env={**os.environ, "TEST_SECRET": GITHUB_SECRET},

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from gatebot.api.errors import ApiError
-from gatebot.api.keys import ENGINE, FEEDBACK, QUEUE, SETTINGS
+from gatebot.api.keys import ENGINE, FEEDBACK, QUEUE, SETTINGS, WEBHOOK_OUTCOME
 from gatebot.errors import GatebotError
 from gatebot.events import CommentCommand, Event, Ignored, Ping, Push
 from gatebot.forges.errors import WebhookRejected
@@ -184,6 +184,7 @@ async def accept(
         created = await asyncio.wait_for(asyncio.shield(recording), settings.server.record_timeout)
     except DuplicateDelivery as duplicate:
         log.info("%s delivery %s: %s", event.forge, event.delivery_id, duplicate, extra=extra)
+        request[WEBHOOK_OUTCOME] = "duplicate"
         return web.json_response({"duplicate": True, "delivery": event.delivery_id})
     except (TimeoutError, GatebotError) as exc:
         if isinstance(exc, TimeoutError):
@@ -201,10 +202,13 @@ async def accept(
     if isinstance(event, CommentCommand) and intake.project is not None:
         answer_comment(request, event, intake, permitted)
     if isinstance(event, Ping):
+        request[WEBHOOK_OUTCOME] = "ping"
         return web.json_response({"ok": True, "event": "ping"})
     if not created:
         log.info("%s delivery %s ignored: %s", event.forge, event.delivery_id, reason, extra=extra)
+        request[WEBHOOK_OUTCOME] = "ignored"
         return web.json_response({"ignored": True, "reason": reason})
+    request[WEBHOOK_OUTCOME] = "queued"
     log.info(
         "%s delivery %s queued job(s) %s",
         event.forge,

@@ -82,7 +82,9 @@ async def _deploy(
             await engine.runtime.run(spec)
             stage.message = f"started {slot.container} ({slot.color}) on port {slot.port}"
         async with journal.stage("health") as stage:
-            result = await wait_healthy(engine.runtime, slot.container, slot.port, project.health)
+            result = await wait_healthy(
+                engine.runtime, slot.container, slot.port, project.health, on_probe=engine.on_probe
+            )
             stage.message = (
                 f"healthy after {result.attempts} attempt(s), {result.latency_ms:.0f} ms"
             )

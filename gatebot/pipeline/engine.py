@@ -1,4 +1,9 @@
-"""The deploy engine's dependencies in one object, and the small pure decisions they share."""
+"""The deploy engine's dependencies in one object, and the small pure decisions they share.
+
+Its parts are typed by their interfaces (`Runtime`, `Proxy`, `Source`); gatebot/wiring.py binds
+them to Docker, nginx and git. Listeners (the server's metrics) are handed in when the engine is
+built, as `EngineListeners`, never set on it afterwards.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gatebot.model import Color, Slot
+from gatebot.pipeline.health import ProbeListener
 from gatebot.pipeline.journal import Journal, Listener
 from gatebot.pipeline.lock import ProjectLocks
-from gatebot.proxy.nginx import NginxProxy, render_project_conf
+from gatebot.proxy.base import Proxy, ReloadListener
+from gatebot.proxy.nginx import render_project_conf
 from gatebot.redact import secrets_of
 from gatebot.runtime.base import (
     LABEL_COLOR,
@@ -20,9 +27,18 @@ from gatebot.runtime.base import (
     Runtime,
 )
 from gatebot.settings import ProjectSettings, Settings
+from gatebot.source import Source
 from gatebot.store import Store
 from gatebot.store.deployments import Deployment
-from gatebot.vcs import GitSource
+
+
+@dataclass(frozen=True)
+class EngineListeners:
+    """What the engine's parts tell as they work: each nginx change's outcome, each answered
+    health probe. None: nobody listens (the CLI)."""
+
+    nginx_reload: ReloadListener | None = None
+    health_probe: ProbeListener | None = None
 
 
 @dataclass
@@ -30,10 +46,11 @@ class Engine:
     settings: Settings
     store: Store
     runtime: Runtime
-    proxy: NginxProxy
-    source: GitSource
+    proxy: Proxy
+    source: Source
     locks: ProjectLocks
     logs_dir: Path
+    on_probe: ProbeListener | None = None  # hears every health probe of every deploy
 
     def journal(self, deployment: Deployment, listeners: list[Listener] | None) -> Journal:
         return Journal(

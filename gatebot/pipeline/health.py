@@ -1,8 +1,9 @@
 """Health checks: is the new container answering, quickly, and still alive?
 
 `judge` is the pure decision on one answer; `wait_healthy` is the loop around real HTTP calls
-and container inspections. A task may `listen_to_probes` to hear each answer's latency (the
-metrics do, per queued job), so the pipeline itself knows nothing about metrics.
+and container inspections. Its caller may hand it an `on_probe` listener to hear each answer's
+latency (the engine's, which the server's metrics give it), so the pipeline itself knows
+nothing about metrics.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from contextvars import ContextVar
 from dataclasses import dataclass
 
 import aiohttp
@@ -20,19 +20,9 @@ from gatebot.runtime.base import Runtime
 from gatebot.settings import HealthSettings
 
 ProbeListener = Callable[[float, bool], None]  # (latency in seconds, healthy?)
-_probe_listener: ContextVar[ProbeListener | None] = ContextVar(
-    "gatebot_probe_listener", default=None
-)
 
 
-def listen_to_probes(listener: ProbeListener | None) -> None:
-    """Call `listener` for every answered health probe made by the current task from now on
-    (and by the tasks it starts)."""
-    _probe_listener.set(listener)
-
-
-def _heard(latency_ms: float, healthy: bool) -> None:
-    listener = _probe_listener.get()
+def _heard(listener: ProbeListener | None, latency_ms: float, healthy: bool) -> None:
     if listener is not None:
         try:
             listener(latency_ms / 1000, healthy)
@@ -56,12 +46,17 @@ def judge(status: int, latency_ms: float, max_latency_ms: int) -> str | None:
 
 
 async def wait_healthy(
-    runtime: Runtime, container: str, port: int, health: HealthSettings
+    runtime: Runtime,
+    container: str,
+    port: int,
+    health: HealthSettings,
+    *,
+    on_probe: ProbeListener | None = None,
 ) -> HealthResult:
     """Poll until one healthy answer, or raise HealthCheckFailed with the last reason.
 
     A container that has exited or restarted fails at once; its last log lines travel in the
-    error's `logs`, apart from the reason.
+    error's `logs`, apart from the reason. `on_probe` hears each answer's latency and verdict.
     """
     url = f"http://127.0.0.1:{port}{health.path}"
     if health.start_period:
@@ -78,7 +73,7 @@ async def wait_healthy(
                     await response.read()
                     latency_ms = (time.monotonic() - started) * 1000
                     verdict = judge(response.status, latency_ms, health.max_latency_ms)
-                    _heard(latency_ms, verdict is None)
+                    _heard(on_probe, latency_ms, verdict is None)
                     if verdict is None:
                         return HealthResult(attempt, latency_ms)
                     reason = f"GET {health.path} {verdict}"

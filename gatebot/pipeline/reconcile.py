@@ -127,7 +127,9 @@ async def _bring_back(engine: Engine, project: ProjectSettings, active: Deployme
             slot = Slot(container=active.container, color=active.color, port=active.port)
             await engine.runtime.run(engine.container_spec(project, active, active.image, slot))
             what = "recreated"
-        await wait_healthy(engine.runtime, active.container, active.port, project.health)
+        await wait_healthy(
+            engine.runtime, active.container, active.port, project.health, on_probe=engine.on_probe
+        )
     except GatebotError as exc:
         await journal.note("reconcile", f"live container could not be brought back: {exc}")
         await engine.store.deployments.fail(

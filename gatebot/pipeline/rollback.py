@@ -63,7 +63,11 @@ async def rollback(
                 stage.message = f"started {slot.container} ({slot.color}) on port {slot.port}"
             async with journal.stage("health") as stage:
                 result = await wait_healthy(
-                    engine.runtime, slot.container, slot.port, project.health
+                    engine.runtime,
+                    slot.container,
+                    slot.port,
+                    project.health,
+                    on_probe=engine.on_probe,
                 )
                 stage.message = f"healthy after {result.attempts} attempt(s)"
             async with journal.stage("switch") as stage:

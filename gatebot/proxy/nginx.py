@@ -12,11 +12,12 @@ import asyncio
 import contextlib
 import fcntl
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from gatebot.errors import ProxyError
+from gatebot.proxy.base import ReloadListener
 from gatebot.settings import ProjectSettings
 
 
@@ -79,16 +80,22 @@ async def run_command(argv: Sequence[str], *, timeout: float = 60.0) -> CommandR
     return CommandResult(proc.returncode or 0, out.decode("utf-8", "replace").strip())
 
 
-ReloadListener = Callable[[str], None]  # "ok", "rejected" (test failed) or "failed" (reload)
-
-
 class NginxProxy:
-    def __init__(self, conf_dir: Path, test_cmd: Sequence[str], reload_cmd: Sequence[str]) -> None:
+    """A `Proxy` (see proxy/base.py); `on_reload` is told how each change ended (metrics)."""
+
+    def __init__(
+        self,
+        conf_dir: Path,
+        test_cmd: Sequence[str],
+        reload_cmd: Sequence[str],
+        *,
+        on_reload: ReloadListener | None = None,
+    ) -> None:
         self.conf_dir = conf_dir
         self.test_cmd = list(test_cmd)
         self.reload_cmd = list(reload_cmd)
         self._lock = asyncio.Lock()  # one test+reload at a time within this process
-        self.on_reload: ReloadListener | None = None  # told how each apply ended (metrics)
+        self.on_reload = on_reload
 
     @contextlib.asynccontextmanager
     async def _exclusive(self, wait: float = 120.0) -> AsyncIterator[None]:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
-import hmac
 import json
 import math
 import os
@@ -27,11 +25,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gatebot import devtools
-
 ROOT = Path(__file__).resolve().parents[2]
-SAMPLE_APP = devtools.SAMPLE_APP
-BUSYBOX = devtools.BUSYBOX
+sys.path.insert(0, str(ROOT))  # what the tests and the demo share: tests/support/
+
+from tests.support import real, settings, signing  # noqa: E402
+
 RESULTS = Path(os.environ.get("GATEBOT_BENCH_RESULTS") or ROOT / "scripts" / "bench" / "results")
 # The gatebot under test; another command (a wrapper for an experiment) may stand in for it.
 GATEBOT = os.environ.get("GATEBOT_BENCH_GATEBOT") or str(Path(sys.executable).parent / "gatebot")
@@ -157,7 +155,7 @@ def workspace(name: str, *, keep: bool = False) -> Iterator[tuple[Path, contextl
 def free_port() -> int:
     """A free loopback port not handed out before in this run (nor a slot of a pair)."""
     for _ in range(500):
-        port = devtools.free_port()
+        port = real.free_port()
         if port not in _used_ports:
             _used_ports.add(port)
             return port
@@ -166,38 +164,35 @@ def free_port() -> int:
 
 def free_port_pair() -> int:
     """A base port whose successor is free too (blue and green), clear of every other port."""
-    return devtools.free_port_pair(_used_ports)
+    return real.free_port_pair(_used_ports)
 
 
 _used_ports: set[int] = set()
 
 
-Nginx = devtools.Nginx
-stop_pid = devtools.stop_pid
-
-
-SampleRepo = devtools.SampleRepo
+Nginx = real.Nginx
+stop_pid = real.stop_pid
+SampleRepo = real.SampleRepo
 
 
 # --- gatebot's configuration, server and CLI -------------------------------------------------
 
 
 def project_config(name: str, repo_url: str, base_port: int, **overrides: Any) -> dict[str, Any]:
-    health = {"interval": 0.05, "timeout": 1.0, "retries": 200, "max_latency_ms": 1000}
-    health.update(overrides.pop("health", {}))
-    return {
-        "name": name,
-        "repo": repo_url,
-        "branch": "main",
-        "forge": "github",
-        "forge_repo": FORGE_REPO,
-        "base_port": base_port,
-        "network": "host",
-        "drain_seconds": 0.0,
-        "stop_timeout": 5,
-        "health": health,
+    """The tests' project (tests/support/settings.py) on GitHub as FORGE_REPO, polling health
+    every 50 ms, with no drain."""
+    health = {"interval": 0.05, "retries": 200, **overrides.pop("health", {})}
+    return settings.project_config(
+        name,
+        repo_url,
+        base_port,
+        forge="github",
+        forge_repo=FORGE_REPO,
+        drain_seconds=0.0,
+        stop_timeout=5,
+        health=health,
         **overrides,
-    }
+    )
 
 
 def write_config(
@@ -210,20 +205,16 @@ def write_config(
     queue: dict[str, Any] | None = None,
 ) -> Path:
     """A gatebot TOML file: server, github secret, nginx, queue and the projects."""
-    tables: dict[str, dict[str, Any]] = {
-        "server": {"data_dir": str(data_dir)},
-        "github": {"webhook_secret": SECRET},
-        "nginx": {
-            "conf_dir": str(nginx.conf_dir),
-            "test_cmd": nginx.test_cmd,
-            "reload_cmd": nginx.reload_cmd,
-        },
-        "queue": queue or {},
-    }
-    if listen_port is not None:
-        tables["server"]["listen"] = f"{LOOPBACK}:{listen_port}"
-    path.write_text(devtools.config_toml(tables, projects))
-    return path
+    listen = f"{LOOPBACK}:{listen_port}" if listen_port is not None else None
+    return settings.write_config(
+        path,
+        data_dir,
+        projects,
+        nginx=nginx,
+        server={"listen": listen},
+        github={"webhook_secret": SECRET},
+        queue=queue or {},
+    )
 
 
 def gatebot_cli(config: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -345,7 +336,7 @@ def github_push(sha: str) -> tuple[bytes, str]:
     payload.update(ref="refs/heads/main", after=sha)
     payload["head_commit"]["id"] = sha
     body = json.dumps(payload).encode()
-    return body, "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    return body, signing.github_signature(body, SECRET)
 
 
 # --- Docker -----------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import hmac
 import json
 import sqlite3
 import subprocess
@@ -77,7 +76,7 @@ def pushed(prefix: str, index: int) -> tuple[str, bytes, str]:
     """The `index`-th push of a run: (its commit, body, X-Hub-Signature-256)."""
     sha = hashlib.sha1(f"{prefix}-{index}".encode()).hexdigest()  # noqa: S324 - a name
     body = sha.join(template()).encode()
-    return sha, body, "sha256=" + hmac.new(common.SECRET.encode(), body, hashlib.sha256).hexdigest()
+    return sha, body, common.signing.github_signature(body, common.SECRET)
 
 
 def pool_size(seconds: float) -> int:

@@ -73,7 +73,7 @@ CATEGORIES = (
     ("logging", "logging/"),
     ("JSON", "json/"),
     ("signature and parsing (forges/)", "gatebot/forges/"),
-    ("metrics middleware", "gatebot/metrics.py"),
+    ("metrics middleware", "gatebot/api/metrics.py"),
     ("webhook handler", "gatebot/api/webhooks.py"),
     ("queue", "gatebot/queue.py"),
     ("aiohttp", "aiohttp/"),

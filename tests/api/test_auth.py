@@ -9,9 +9,8 @@ import sqlite3
 from aiohttp import web
 
 from gatebot.api.keys import ENGINE
-from tests.api.conftest import ClientFactory
-from tests.api.test_v1 import auth
-from tests.conftest import Setup
+from tests.support.server import ClientFactory, auth
+from tests.support.setup import Workspace
 
 READ_METHODS = ("GET", "HEAD")
 PUBLIC = {
@@ -37,14 +36,14 @@ def guarded_routes(app: web.Application) -> tuple[list[tuple[str, str]], list[tu
 
 
 async def test_every_endpoint_needs_a_token_and_the_right_scope(
-    start_server: ClientFactory, setup: Setup
+    start_offline: ClientFactory, workspace: Workspace
 ) -> None:
-    client = await start_server(queue={"paused": True})
+    client = await start_offline(queue={"paused": True})
     read = await auth(client, "read")
     deploy = await auth(client, "deploy")
     store = client.app[ENGINE].store
-    await store.deployments.create(setup.name, "test")
-    await client.post("/api/v1/deploy", json={"projectId": setup.name}, headers=deploy)
+    await store.deployments.create(workspace.name, "test")
+    await client.post("/api/v1/deploy", json={"projectId": workspace.name}, headers=deploy)
     bad_headers = [
         {},
         {"Authorization": "Bearer"},
@@ -61,7 +60,7 @@ async def test_every_endpoint_needs_a_token_and_the_right_scope(
     assert {("GET", "/deployments/{id}"), ("GET", "/deployments/{id}/events")} <= set(pages)
 
     def fill(template: str) -> str:
-        return template.format(name=setup.name, id=1)  # deployment 1 and job 1 exist
+        return template.format(name=workspace.name, id=1)  # deployment 1 and job 1 exist
 
     for method, template in reads:
         path = fill(template)
@@ -70,8 +69,8 @@ async def test_every_endpoint_needs_a_token_and_the_right_scope(
             assert response.status == 401, (method, path, headers)
             assert response.headers["WWW-Authenticate"].startswith('Bearer realm="gatebot"')
             if method == "GET":
-                body = await response.json()
-                assert body["error"] == "unauthorized" and set(body) == {"error", "message"}
+                answer = await response.json()
+                assert answer["error"] == "unauthorized" and set(answer) == {"error", "message"}
         assert (await client.request(method, path, headers=read)).status == 200, path
         assert (await client.request(method, path, headers=deploy)).status == 200, path
 
@@ -101,9 +100,9 @@ async def test_every_endpoint_needs_a_token_and_the_right_scope(
 
 
 async def test_revoked_tokens_stop_working_and_only_hashes_are_stored(
-    start_server: ClientFactory, setup: Setup
+    start_offline: ClientFactory, workspace: Workspace
 ) -> None:
-    client = await start_server(queue={"paused": True})
+    client = await start_offline(queue={"paused": True})
     store = client.app[ENGINE].store
     token, secret = await store.tokens.create("alice", "read")
     assert secret.startswith(f"gb_{token.lookup}_") and len(secret) > 50
@@ -119,7 +118,7 @@ async def test_revoked_tokens_stop_working_and_only_hashes_are_stored(
     assert response.status == 401
     assert forged not in await response.text() and secret not in await response.text()
 
-    with sqlite3.connect(setup.data_dir / "gatebot.db") as conn:
+    with sqlite3.connect(workspace.data_dir / "gatebot.db") as conn:
         rows = conn.execute("SELECT name, lookup, hash, scope FROM tokens").fetchall()
         dump = "\n".join(conn.iterdump())
     assert rows == [("alice", token.lookup, hashlib.sha256(secret.encode()).hexdigest(), "read")]

@@ -20,9 +20,8 @@ from gatebot.app import create_app
 from gatebot.forges.github import sansio as github_sansio
 from gatebot.model import Color, Slot
 from gatebot.settings import Settings, parse_settings
-from tests.api.test_feedback import API_TOKEN, comment_payload
-from tests.deliveries import GITHUB_SECRET, github_signature
 from tests.fakes.github import FakeGitHub
+from tests.support.deliveries import API_TOKEN, GITHUB_SECRET, comment_payload, github_signature
 
 Client = TestClient[Any, Any]
 REPO = "acme/shop"
@@ -177,7 +176,7 @@ async def test_a_locked_database_gets_503_with_retry_after_within_the_limit_and_
     import sqlite3
     import time
 
-    from tests.deliveries import github_push_payload
+    from tests.support.deliveries import github_push_payload
 
     _fake, url = fake_github
     settings = settings_without_docker(tmp_path, url, server={"record_timeout": 1.0})

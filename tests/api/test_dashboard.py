@@ -10,8 +10,8 @@ from aiohttp.test_utils import TestClient
 
 from gatebot.api.keys import ENGINE
 from gatebot.api.session import COOKIE
-from tests.api.conftest import ClientFactory
-from tests.conftest import Setup
+from tests.support.server import ClientFactory
+from tests.support.setup import Setup
 
 Client = TestClient[Any, Any]
 

@@ -132,7 +132,7 @@ def test_the_overview_shows_each_project_escaped_and_redacted() -> None:
     shown = state(
         s, failure=failed, deploying=running, busy_by="deploy by token:ci", stage="build", queued=2
     )
-    page = render_overview(bar(), [shown], NONCE, [SECRET])
+    page = render_overview(bar(), [shown], NONCE, (SECRET,))
 
     assert EVIL not in page and "<script>alert" not in page
     assert "fix &lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
@@ -158,7 +158,7 @@ def test_the_overview_shows_each_project_escaped_and_redacted() -> None:
 
 def test_a_project_with_nothing_live_says_so() -> None:
     s = settings()
-    page = render_overview(bar(), [state(s, active=None)], NONCE, [])
+    page = render_overview(bar(), [state(s, active=None)], NONCE, ())
     assert "nothing live yet" in page and "<dt>Waiting</dt><dd>0 jobs</dd>" in page
 
 
@@ -224,7 +224,7 @@ def test_history_rows_and_pages() -> None:
         jobs=[],
         choices=[],
         nonce=NONCE,
-        secrets=[],
+        secrets=(),
     )
     row = re.search(r'<tr data-deployment="1">.*?</tr>', page, re.S)
     assert row, page
@@ -246,7 +246,7 @@ def test_a_notice_is_shown_as_an_alert() -> None:
         jobs=[],
         choices=[],
         nonce=NONCE,
-        secrets=[],
+        secrets=(),
         notice=f"project 'shop' is busy: {EVIL}",
         problem=True,
     )
@@ -257,10 +257,10 @@ def test_a_notice_is_shown_as_an_alert() -> None:
 
 
 def test_a_waiting_job_page_reloads_itself_and_an_ended_one_does_not() -> None:
-    waiting = render_job(bar(), job(), NONCE, [])
+    waiting = render_job(bar(), job(), NONCE, ())
     assert '<meta http-equiv="refresh" content="1">' in waiting
     assert "<script" not in waiting
-    ended = render_job(bar(), job(state=JobState.CANCELLED, error=f"no {SECRET}"), NONCE, [SECRET])
+    ended = render_job(bar(), job(state=JobState.CANCELLED, error=f"no {SECRET}"), NONCE, (SECRET,))
     assert "refresh" not in ended and "cancelled" in ended and SECRET not in ended
 
 

@@ -7,6 +7,7 @@ bad argument."""
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -16,64 +17,39 @@ from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives import serialization
 
 from gatebot.api.keys import ENGINE, FEEDBACK, QUEUE
-from gatebot.settings import Settings, parse_settings
-from tests.api.conftest import ClientFactory, _drop_none, server_settings
-from tests.api.test_webhooks import post_github
-from tests.conftest import Setup
-from tests.deliveries import (
-    GITLAB_TOKEN,
-    github_push_payload,
-    gitlab_delivery,
-    gitlab_push_payload,
-)
 from tests.fakes import rsa_key
 from tests.fakes.github import FakeGitHub
 from tests.fakes.gitlab import FakeGitLab
 from tests.forges import fixture
-from tests.pipeline.test_deploy import eventually_live, live_version
+from tests.support.deliveries import (
+    API_TOKEN,
+    GITLAB_TOKEN,
+    comment_payload,
+    github_push_payload,
+    gitlab_delivery,
+    gitlab_push_payload,
+)
+from tests.support.deploys import eventually_live, live_version
+from tests.support.server import ClientFactory, post_github, server_settings
+from tests.support.setup import Setup
 
 Client = TestClient[Any, Any]
 Serve = Callable[[Any], Awaitable[TestServer]]
-API_TOKEN = "fake-api-token-for-tests"
 GITLAB_PROJECT_ID = 4242
 
 
-def with_forges(
-    settings: Settings,
-    *,
-    github: str | None = None,
-    gitlab: str | None = None,
-    sections: dict[str, dict[str, Any]] | None = None,
-) -> Settings:
-    raw = settings.model_dump(mode="json")
-    raw["github"]["webhook_secret"] = settings.github.webhook_secret.get_secret_value()  # type: ignore[union-attr]
-    raw["gitlab"]["webhook_token"] = GITLAB_TOKEN
-    raw["gitlab"].pop("webhook_signing_token", None)
-    if github:
-        raw["github"].update(api_url=github, token=API_TOKEN, retry_for_seconds=10)
-    if gitlab:
-        raw["gitlab"].update(api_url=gitlab, token=API_TOKEN, retry_for_seconds=10)
-    for section, values in (sections or {}).items():
-        raw.setdefault(section, {}).update(values)
-    _drop_none(raw)
-    return parse_settings(raw, source=settings.source or Path("/tmp/gatebot.toml"))
+def forge_api(url: str, **extra: Any) -> dict[str, Any]:
+    """A forge table whose API is the fake at `url`."""
+    return {"api_url": url, "token": API_TOKEN, "retry_for_seconds": 10, **extra}
+
+
+def gitlab_api(url: str) -> dict[str, Any]:
+    return {"webhook_token": GITLAB_TOKEN, **forge_api(url)}
 
 
 async def settle(client: Client) -> None:
     await client.app[QUEUE].drain()
     await client.app[FEEDBACK].settle()
-
-
-def comment_payload(repo: str, sha: str, body: str, user: str, user_id: int = 7) -> dict[str, Any]:
-    payload = copy.deepcopy(fixture("github_commit_comment.json"))
-    owner, name = repo.split("/")
-    payload["repository"]["full_name"] = repo
-    payload["repository"]["name"] = name
-    payload["repository"]["owner"]["login"] = owner
-    payload["comment"].update(commit_id=sha, body=body)
-    payload["comment"]["user"].update(login=user, id=user_id)
-    payload["sender"].update(login=user, id=user_id)
-    return payload
 
 
 @pytest.fixture
@@ -96,7 +72,8 @@ async def github_server(
     repo = f"acme/{setup.name}"
     fake.add_repo(repo)
     project = kw.pop("project", {})
-    settings = with_forges(server_settings(setup, **project), github=url, sections=kw)
+    github = forge_api(url, **kw.pop("github", {}))
+    settings = server_settings(setup, github=github, **kw, **project)
     return await start_server(settings), repo
 
 
@@ -198,12 +175,8 @@ async def test_github_app_token_is_minted_once_and_reused(
     url = fake.api_url(await aiohttp_server(fake.app))
     repo = f"acme/{setup.name}"
     fake.add_repo(repo)
-    raw = with_forges(server_settings(setup)).model_dump(mode="json")
-    raw["github"].update(api_url=url, app_id=99, private_key_file=str(pem), retry_for_seconds=10)
-    raw["github"]["webhook_secret"] = "github-test-secret"
-    raw["gitlab"]["webhook_token"] = GITLAB_TOKEN
-    _drop_none(raw)
-    client = await start_server(parse_settings(raw, source=setup.data_dir / "g.toml"))
+    app = {"api_url": url, "app_id": 99, "private_key_file": str(pem), "retry_for_seconds": 10}
+    client = await start_server(server_settings(setup, github=app))
     sha = setup.repo.commit("v1")
     await post_github(client, "push", github_push_payload(repo, sha))  # installation 2311213
     await settle(client)
@@ -355,7 +328,7 @@ async def test_gitlab_statuses_and_rollback_note(
     fake.add_project(repo, GITLAB_PROJECT_ID)
     fake.add_member(GITLAB_PROJECT_ID, user_id=1, username="root", access_level=40)
     fake.add_member(GITLAB_PROJECT_ID, user_id=2, username="guest", access_level=20)
-    settings = with_forges(server_settings(setup, forge="gitlab"), gitlab=url)
+    settings = server_settings(setup, forge="gitlab", gitlab=gitlab_api(url))
     client = await start_server(settings)
 
     async def push(version: str) -> str:
@@ -383,10 +356,8 @@ async def test_gitlab_statuses_and_rollback_note(
         payload["commit"]["id"] = sha2
         payload["user"].update(username=user, id=user_id)
         body, headers = gitlab_delivery(payload, event="Note Hook")
-        assert (await client.post("/webhooks/gitlab", data=body, headers=headers)).status in (
-            200,
-            202,
-        )
+        answer = await client.post("/webhooks/gitlab", data=body, headers=headers)
+        assert answer.status == 202 and (await answer.json())["queued"], "decided when it runs"
         await settle(client)
 
     await note("guest", 2)
@@ -404,8 +375,8 @@ async def test_gitlab_superseded_deploy_is_canceled(
     fake, url = gitlab
     repo = f"acme/{setup.name}"
     fake.add_project(repo, GITLAB_PROJECT_ID)
-    settings = with_forges(
-        server_settings(setup, forge="gitlab", queue={"paused": True}), gitlab=url
+    settings = server_settings(
+        setup, forge="gitlab", queue={"paused": True}, gitlab=gitlab_api(url)
     )
     client = await start_server(settings)
     for sha in ("3" * 40, "4" * 40):
@@ -481,11 +452,16 @@ async def test_a_comment_decided_against_a_live_release_that_changed_is_refused(
 
 
 async def test_a_busy_project_makes_a_comment_wait_without_a_word(
-    start_server: ClientFactory, setup: Setup, github: tuple[FakeGitHub, str]
+    start_server: ClientFactory,
+    setup: Setup,
+    github: tuple[FakeGitHub, str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     import asyncio
     import subprocess
     import sys
+
+    caplog.set_level(logging.INFO, logger="gatebot.queue")
 
     fake, url = github
     client, repo = await github_server(
@@ -523,4 +499,6 @@ async def test_a_busy_project_makes_a_comment_wait_without_a_word(
     replies = fake.comments(repo, shas[-1])
     assert len(replies) == 2 and "someone" not in " ".join(replies)
     permission_checks = fake.calls_to(f"/repos/{repo}/collaborators/alice/permission")
+    waits = [r for r in caplog.records if r.name == "gatebot.queue" and "waits" in r.message]
+    assert len(waits) >= 2, "the job met the held lock and was retried"
     assert len(permission_checks) == 1, "asked once, not at every retry"

@@ -13,13 +13,22 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from gatebot.api.keys import QUEUE
+from gatebot.api.metrics import webhook_outcome
 from gatebot.app import create_app
-from gatebot.metrics import event_label, webhook_outcome
-from tests.api.conftest import ClientFactory, server_settings
-from tests.api.test_v1 import auth
-from tests.conftest import Setup
-from tests.deliveries import github_delivery, github_push_payload
-from tests.http import raw_exchange, status_of
+from gatebot.forges.base import (
+    CommitRef,
+    DeployState,
+    ForgeClient,
+    ForgeError,
+    RepoRef,
+    StatusTarget,
+)
+from gatebot.metrics import Metrics, counted, event_label
+from tests.forges import fixture
+from tests.support.deliveries import github_delivery, github_push_payload
+from tests.support.http import raw_exchange, status_of
+from tests.support.server import ClientFactory, auth, post_github, server_settings
+from tests.support.setup import Setup, Workspace
 
 Client = TestClient[Any, Any]
 
@@ -104,38 +113,79 @@ def test_webhook_labels_are_bounded() -> None:
     assert event_label("github", "push") == "push"
     assert event_label("github", "made-up-" + "x" * 500) == "other"
     assert event_label("github", None) == "none"
-    assert webhook_outcome(200, b'{"duplicate": true}') == "duplicate"
-    assert webhook_outcome(200, b'{"ignored": true, "reason": "tag"}') == "ignored"
-    assert webhook_outcome(200, b'{"ok": true, "event": "ping"}') == "ping"
+
+
+def test_webhook_outcome_is_what_the_handler_recorded_else_the_status() -> None:
+    assert webhook_outcome(200, "duplicate") == "duplicate"
+    assert webhook_outcome(200, None) == "ok"
+    assert webhook_outcome(401, None) == "unauthorized"
     assert webhook_outcome(413, None) == "too_large"
-    assert webhook_outcome(500, b"") == "error"
+    assert webhook_outcome(500, None) == "error"
+
+
+async def test_each_webhook_answer_is_counted_by_the_outcome_its_handler_recorded(
+    start_offline: ClientFactory, workspace: Workspace
+) -> None:
+    client = await start_offline(queue={"paused": True})
+    repo = f"acme/{workspace.name}"
+    push = github_push_payload(repo, "a" * 40)
+    answers = [
+        await post_github(client, "ping", fixture("github_ping.json")),
+        await post_github(client, "push", push, delivery="once"),
+        await post_github(client, "push", push, delivery="once"),
+        await post_github(client, "push", fixture("github_push_tag.json")),
+        await post_github(client, "push", push, secret="wrong"),
+        await post_github(client, "push", b"{not json"),
+    ]
+    assert [a.status for a in answers] == [200, 202, 200, 200, 401, 400]
+    samples = await scrape(client)
+    counted_as = {
+        (labels["event"], labels["outcome"]): count
+        for (name, label_set), count in samples.items()
+        if name == "gatebot_webhooks_received_total" and count
+        for labels in [dict(label_set)]
+    }
+    assert counted_as == {
+        ("ping", "ping"): 1,
+        ("push", "queued"): 1,
+        ("push", "duplicate"): 1,
+        ("push", "ignored"): 1,
+        ("push", "unauthorized"): 1,
+        ("push", "bad_request"): 1,
+    }
 
 
 async def test_forge_calls_are_counted_by_outcome() -> None:
-    from gatebot.forges.base import CommitRef, ForgeClient, ForgeError
-    from gatebot.metrics import Metrics, counted
-
     class Forge:
         """Answers comments; refuses everything else, as a forge that is down would."""
 
-        async def set_status(self, *args: object) -> None:
+        async def set_status(
+            self,
+            target: StatusTarget,
+            state: DeployState,
+            description: str,
+            target_url: str | None,
+        ) -> None:
             raise ForgeError("GitHub answered 502")
 
         async def comment(self, target: CommitRef, body: str) -> None:
             return None
 
-        async def may_deploy(self, *args: object) -> bool:
-            return True
+        async def may_deploy(self, repo: RepoRef, username: str, user_id: int | None) -> bool:
+            return username == "octocat"
 
         async def close(self) -> None:
             return None
 
     metrics = Metrics()
     forge: ForgeClient = counted({"github": Forge()}, metrics)["github"]
-    assert await forge.may_deploy(None, "octocat", None)
-    await forge.comment(None, "hello")
+    repo = RepoRef(forge="github", repo="acme/shop")
+    commit = CommitRef(repo=repo, sha="a" * 40)
+    assert await forge.may_deploy(repo, "octocat", None)
+    await forge.comment(commit, "hello")
     with pytest.raises(ForgeError):  # the error still reaches the caller
-        await forge.set_status(None, None, "x", None)
+        target = StatusTarget(commit=commit, context="gatebot/shop")
+        await forge.set_status(target, "live", "", None)
     text = metrics.exposition().decode()
     assert 'gatebot_forge_api_calls_total{forge="github",outcome="ok"} 2.0' in text
     assert 'gatebot_forge_api_calls_total{forge="github",outcome="error"} 1.0' in text

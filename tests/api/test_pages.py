@@ -10,9 +10,15 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from gatebot.api.keys import ENGINE, QUEUE
-from tests.api.conftest import ClientFactory
-from tests.api.test_v1 import SLOW_HEALTH, auth, read_events, running_job
-from tests.conftest import Setup
+from tests.support.server import (
+    SLOW_HEALTH,
+    ClientFactory,
+    auth,
+    page_log,
+    read_events,
+    running_job,
+)
+from tests.support.setup import Setup, Workspace
 
 Client = TestClient[Any, Any]
 SECRET = "s3cr3t-database-password"
@@ -24,14 +30,9 @@ async def deploy(client: Client, setup: Setup, headers: dict[str, str]) -> int:
     assert response.status == 202
     await client.app[QUEUE].drain()
     job = await client.app[ENGINE].store.jobs.require((await response.json())["id"])
-    assert job.deployment_id is not None
-    return job.deployment_id
-
-
-def page_log(page: str) -> str:
-    match = re.search(r'<pre id="log">(.*?)</pre>', page, re.S)
-    assert match, page
-    return match.group(1)
+    deployment_id: int | None = job.deployment_id
+    assert deployment_id is not None
+    return deployment_id
 
 
 async def test_finished_deployments_render_with_their_timeline_and_no_secrets(
@@ -114,11 +115,11 @@ async def test_a_running_deployment_page_follows_it_to_the_end(
 
 
 async def test_pages_ask_for_a_token_unless_they_are_public(
-    start_server: ClientFactory, setup: Setup
+    start_offline: ClientFactory, workspace: Workspace
 ) -> None:
-    client = await start_server(queue={"paused": True})
+    client = await start_offline(queue={"paused": True})
     store = client.app[ENGINE].store
-    d = await store.deployments.create(setup.name, "test")
+    d = await store.deployments.create(workspace.name, "test")
     _, secret = await store.tokens.create("viewer", "read")
 
     asked = await client.get(f"/deployments/{d.id}")
@@ -148,6 +149,6 @@ async def test_pages_ask_for_a_token_unless_they_are_public(
     assert api.status == 401
     await client.close()
 
-    public = await start_server(queue={"paused": True}, server={"public_pages": True})
+    public = await start_offline(queue={"paused": True}, server={"public_pages": True})
     assert (await public.get(f"/deployments/{d.id}")).status == 200
     assert (await public.get(f"/api/v1/deployments/{d.id}")).status == 401

@@ -15,13 +15,12 @@ from gatebot.api.keys import ENGINE, QUEUE
 from gatebot.errors import ProxyError
 from gatebot.model import JobKind, Origin, OriginKind
 from gatebot.pipeline.engine import Engine
-from gatebot.pipeline.reconcile import ReconcileReport
-from gatebot.settings import DockerSettings
+from gatebot.pipeline.reconcile import ReconcileReport, reconcile
 from gatebot.store.jobs import NewJob
-from tests.api.conftest import ClientFactory, server_settings
-from tests.conftest import Setup
-from tests.deliveries import github_delivery, github_push_payload
-from tests.pipeline.test_deploy import eventually_live
+from tests.support.deliveries import github_delivery, github_push_payload
+from tests.support.deploys import eventually_live
+from tests.support.server import ClientFactory
+from tests.support.setup import Setup, Workspace
 
 
 async def eventually(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
@@ -70,16 +69,15 @@ async def test_a_paused_queue_is_ready_and_says_so(start_server: ClientFactory) 
 
 
 async def test_docker_unreachable_at_start_is_reported_and_webhooks_still_queue(
-    start_server: ClientFactory, setup: Setup
+    start_offline: ClientFactory, workspace: Workspace
 ) -> None:
-    nowhere = DockerSettings(host=f"unix://{setup.tmp_path}/no-docker.sock")
-    client = await start_server(server_settings(setup).model_copy(update={"docker": nowhere}))
+    client = await start_offline()  # its Docker client points at a socket no one listens on
     status, body = await readiness(client)
     assert status == 503
     assert body["checks"]["docker"].startswith("unavailable: Docker engine at")
     assert body["checks"]["queue"].startswith("not started: waiting for the Docker engine")
     body_bytes, headers = github_delivery(
-        "push", github_push_payload(f"acme/{setup.name}", "a" * 40)
+        "push", github_push_payload(f"acme/{workspace.name}", "a" * 40)
     )
     accepted = await client.post("/webhooks/github", data=body_bytes, headers=headers)
     assert accepted.status == 202  # durable: it runs once Docker answers
@@ -90,7 +88,7 @@ async def test_a_start_that_fails_with_any_error_is_tried_again_until_the_queue_
     start_server: ClientFactory, setup: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(app_module, "STARTUP_RETRY_SECONDS", 0.1)
-    real_reconcile = app_module.reconcile
+    real_reconcile = reconcile
     calls: list[int] = []
     failing = [True]
 

@@ -16,10 +16,8 @@ from gatebot.api import sse
 from gatebot.api.keys import ENGINE
 from gatebot.pipeline.engine import Engine
 from gatebot.store.deployments import Deployment
-from tests.api.conftest import ClientFactory
-from tests.api.test_pages import page_log
-from tests.api.test_v1 import SLOW_HEALTH, auth, running_job
-from tests.conftest import Setup
+from tests.support.server import SLOW_HEALTH, ClientFactory, auth, page_log, running_job
+from tests.support.setup import Setup
 
 Client = TestClient[Any, Any]
 Event = tuple[str, str | None, Any]  # (event, id, data)
@@ -87,8 +85,12 @@ async def test_last_event_id_resumes_after_that_event_only(
 
     # The page's stream takes the header over its ?after= (an EventSource reconnecting keeps
     # the URL it started with and adds Last-Event-ID).
+    after_log_line = whole[8][1]
+    assert after_log_line is not None
     page_stream = await stream(
-        client, f"/deployments/{d.id}/events?after=0.0", {**headers, "Last-Event-ID": whole[8][1]}
+        client,
+        f"/deployments/{d.id}/events?after=0.0",
+        {**headers, "Last-Event-ID": after_log_line},
     )
     assert page_stream[1:-1] == whole[9:-1]
     # A malformed header starts over, odd numbers included (they once ended the stream).

@@ -3,7 +3,6 @@ and a live event stream), jobs and cancelling, each with its error answers."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -12,62 +11,12 @@ from aiohttp.test_utils import TestClient
 from gatebot.api.keys import ENGINE, QUEUE
 from gatebot.model import JobKind, Origin, OriginKind
 from gatebot.store.jobs import NewJob
-from tests.api.conftest import ClientFactory
-from tests.conftest import Setup
-from tests.pipeline.test_deploy import eventually_live
+from tests.support.deploys import eventually_live
+from tests.support.server import SLOW_HEALTH, ClientFactory, auth, read_events, running_job
+from tests.support.setup import Setup, Workspace
 
 Client = TestClient[Any, Any]
-SLOW_HEALTH = {"start_period": 1.5, "interval": 0.1}  # a deploy that takes a moment
 SLOW_START = '#!/bin/sh\nsleep 1.5\nexec httpd -f -v -p "${PORT:-3000}" -h /www\n'
-
-
-async def auth(client: Client, scope: str = "deploy", name: str | None = None) -> dict[str, str]:
-    """Headers with a fresh token of `scope` (named `name`, default: the scope)."""
-    _, secret = await client.app[ENGINE].store.tokens.create(name or f"{scope}-token", scope)
-    return {"Authorization": f"Bearer {secret}"}
-
-
-async def wait_until(predicate: Any, timeout: float = 30.0) -> Any:
-    """Poll an async predicate until it returns something truthy."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        found = await predicate()
-        if found:
-            return found
-        assert loop.time() < deadline, "timed out"
-        await asyncio.sleep(0.05)
-
-
-async def running_job(client: Client, project: str, *, with_deployment: bool = True) -> Any:
-    async def find() -> Any:
-        jobs = await client.app[ENGINE].store.jobs.recent(project=project, state="running")
-        if jobs and (jobs[0].deployment_id is not None or not with_deployment):
-            return jobs[0]
-        return None
-
-    return await wait_until(find)
-
-
-async def read_events(client: Client, path: str, headers: dict[str, str]) -> list[tuple[str, Any]]:
-    """Read a server-sent event stream to its end: [(event, data)], JSON data decoded."""
-    response = await client.get(path, headers={**headers, "Accept": "text/event-stream"})
-    assert response.status == 200
-    assert response.headers["Content-Type"].startswith("text/event-stream")
-    events: list[tuple[str, Any]] = []
-    name, data = "", []
-    async with asyncio.timeout(60):
-        async for raw in response.content:
-            line = raw.decode().rstrip("\n")
-            if line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                data.append(line[6:])
-            elif not line and name:
-                text = "\n".join(data)
-                events.append((name, text if name == "log" else json.loads(text)))
-                name, data = "", []
-    return events
 
 
 async def test_deploy_and_rollback_through_the_api(
@@ -169,9 +118,9 @@ async def test_deploy_and_rollback_through_the_api(
 
 
 async def test_bad_deploy_requests_get_4xx_and_queue_nothing(
-    start_server: ClientFactory, setup: Setup
+    start_offline: ClientFactory, workspace: Workspace
 ) -> None:
-    client = await start_server(queue={"paused": True})
+    client = await start_offline(queue={"paused": True})
     headers = await auth(client)
     cases: list[tuple[bytes, int, str]] = [
         (b"", 400, "JSON object is needed"),
@@ -180,7 +129,7 @@ async def test_bad_deploy_requests_get_4xx_and_queue_nothing(
         (b"{}", 400, "projectId is required"),
         (b'{"projectId": 5}', 400, "projectId must be a non-empty string"),
         (b'{"project": "x"}', 400, "unknown field(s): project"),
-        (json.dumps({"projectId": setup.name, "sha": "--upload-pack=x"}).encode(), 400, "sha"),
+        (json.dumps({"projectId": workspace.name, "sha": "--upload-pack=x"}).encode(), 400, "sha"),
         (b'{"projectId": "nope"}', 404, "unknown project 'nope'"),
         (json.dumps({"projectId": "x" * 70_000}).encode(), 413, "over 65536 bytes"),
     ]
@@ -191,7 +140,7 @@ async def test_bad_deploy_requests_get_4xx_and_queue_nothing(
         assert set(answer) == {"error", "message"} and message in answer["message"], answer
     for body in (b'{"to": 3}', b'{"to": ""}', b'{"version": "1"}', b"[]"):
         response = await client.post(
-            f"/api/v1/projects/{setup.name}/rollback", data=body, headers=headers
+            f"/api/v1/projects/{workspace.name}/rollback", data=body, headers=headers
         )
         assert response.status == 400, body
     unknown = await client.post("/api/v1/projects/nope/rollback", headers=headers)

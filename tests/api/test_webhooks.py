@@ -6,16 +6,15 @@ from __future__ import annotations
 import itertools
 import json
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp.test_utils import TestClient
 
 from gatebot.api.keys import ENGINE, QUEUE
 from gatebot.model import Status
-from tests.api.conftest import ClientFactory, server_settings
-from tests.conftest import Setup
-from tests.deliveries import (
+from tests.forges import fixture
+from tests.support.deliveries import (
     GITLAB_SIGNING_TOKEN,
     GITLAB_TOKEN,
     github_delivery,
@@ -24,33 +23,19 @@ from tests.deliveries import (
     gitlab_delivery,
     gitlab_push_payload,
 )
-from tests.forges import fixture
-from tests.http import raw_exchange, status_of
-from tests.pipeline.test_deploy import live_version
+from tests.support.deploys import eventually_live, live_version
+from tests.support.http import raw_exchange, status_of
+from tests.support.server import ClientFactory, job_rows, post_github, server_settings
+from tests.support.setup import Setup, Workspace
 
 Client = TestClient[Any, Any]
 
 
-async def post_github(
-    client: Client, event: str, payload: dict[str, Any] | bytes, **kw: Any
-) -> Any:
-    body, headers = github_delivery(event, payload, **kw)
-    return await client.post("/webhooks/github", data=body, headers=headers)
-
-
-async def job_rows(client: Client) -> list[Any]:
-    return await client.app[ENGINE].store.jobs.recent(limit=1000)
-
-
 async def test_github_documented_test_vector_passes_verification(
-    start_server: ClientFactory, setup: Setup
+    start_offline: ClientFactory, workspace: Workspace
 ) -> None:
-    settings = server_settings(setup)
-    raw = settings.model_dump(mode="json")
-    raw["github"]["webhook_secret"] = "It's a Secret to Everybody"
-    from gatebot.settings import parse_settings
-
-    client = await start_server(parse_settings(raw, source=setup.data_dir / "x.toml"))
+    github = {"webhook_secret": "It's a Secret to Everybody"}
+    client = await start_offline(server_settings(workspace, github=github))
     headers = {
         "Content-Type": "application/json",
         "X-GitHub-Event": "push",
@@ -68,15 +53,15 @@ async def test_github_documented_test_vector_passes_verification(
 
 
 async def test_push_queues_a_deploy_of_after_in_both_content_types(
-    start_server: ClientFactory, setup: Setup
+    start_offline: ClientFactory, workspace: Workspace
 ) -> None:
-    client = await start_server(queue={"paused": True})
+    client = await start_offline(queue={"paused": True})
     sha = "a" * 40
-    payload = github_push_payload(f"acme/{setup.name}", sha)
+    payload = github_push_payload(f"acme/{workspace.name}", sha)
     response = await post_github(client, "push", payload)
     assert response.status == 202
     body = await response.json()
-    assert body["queued"][0]["project"] == setup.name and body["queued"][0]["sha"] == sha
+    assert body["queued"][0]["project"] == workspace.name and body["queued"][0]["sha"] == sha
 
     form = urllib.parse.urlencode({"payload": json.dumps({**payload, "after": "b" * 40})}).encode()
     headers = {
@@ -93,10 +78,10 @@ async def test_push_queues_a_deploy_of_after_in_both_content_types(
 
 
 async def test_bad_signatures_get_401_and_start_nothing(
-    start_server: ClientFactory, setup: Setup
+    start_offline: ClientFactory, workspace: Workspace
 ) -> None:
-    client = await start_server(queue={"paused": True})
-    payload = github_push_payload(f"acme/{setup.name}", "c" * 40)
+    client = await start_offline(queue={"paused": True})
+    payload = github_push_payload(f"acme/{workspace.name}", "c" * 40)
     body, headers = github_delivery("push", payload)
 
     tampered = await client.post("/webhooks/github", data=body + b" ", headers=headers)
@@ -112,26 +97,23 @@ async def test_bad_signatures_get_401_and_start_nothing(
 
 
 async def test_no_secret_configured_accepts_nothing(
-    start_server: ClientFactory, setup: Setup
+    start_offline: ClientFactory, workspace: Workspace
 ) -> None:
-    raw = server_settings(setup).model_dump(mode="json")
-    raw["github"] = {}
-    raw["gitlab"] = {}
-    from gatebot.settings import parse_settings
-
-    client = await start_server(parse_settings(raw, source=setup.data_dir / "x.toml"))
-    payload = github_push_payload(f"acme/{setup.name}", "c" * 40)
+    no_secret = server_settings(workspace, github={"webhook_secret": None}, gitlab={})
+    assert no_secret.github.webhook_secret is None and no_secret.gitlab.webhook_token is None
+    client = await start_offline(no_secret)
+    payload = github_push_payload(f"acme/{workspace.name}", "c" * 40)
     assert (await post_github(client, "push", payload)).status == 401
-    body, headers = gitlab_delivery(gitlab_push_payload(f"acme/{setup.name}", "c" * 40))
+    body, headers = gitlab_delivery(gitlab_push_payload(f"acme/{workspace.name}", "c" * 40))
     assert (await client.post("/webhooks/gitlab", data=body, headers=headers)).status == 401
     assert await job_rows(client) == []
 
 
 async def test_ping_and_ignored_events_answer_2xx_with_the_reason(
-    start_server: ClientFactory, setup: Setup
+    start_offline: ClientFactory, workspace: Workspace
 ) -> None:
-    client = await start_server(queue={"paused": True})
-    repo = f"acme/{setup.name}"
+    client = await start_offline(queue={"paused": True})
+    repo = f"acme/{workspace.name}"
     ping = fixture("github_ping.json")
     ping["repository"]["full_name"] = repo
     assert (await post_github(client, "ping", ping)).status == 200
@@ -159,19 +141,19 @@ async def test_ping_and_ignored_events_answer_2xx_with_the_reason(
 
 
 async def test_malformed_bodies_get_400_never_500(
-    start_server: ClientFactory, setup: Setup
+    start_offline: ClientFactory, workspace: Workspace
 ) -> None:
-    client = await start_server(queue={"paused": True})
+    client = await start_offline(queue={"paused": True})
     for body in (b"{not json", b"[]", b'{"ref": 5}', b"", b'{"after": "x"}', b"\xff\xfe"):
         response = await post_github(client, "push", body)
         assert response.status == 400, body
         assert (await response.json())["error"] == "bad_request"
-    missing_after = github_push_payload(f"acme/{setup.name}", "e" * 40)
+    missing_after = github_push_payload(f"acme/{workspace.name}", "e" * 40)
     del missing_after["after"]
     response = await post_github(client, "push", missing_after)
     assert response.status == 400 and "after" in (await response.json())["message"]
     no_delivery_body, headers = github_delivery(
-        "push", github_push_payload(f"acme/{setup.name}", "e" * 40)
+        "push", github_push_payload(f"acme/{workspace.name}", "e" * 40)
     )
     del headers["X-GitHub-Delivery"]
     response = await client.post("/webhooks/github", data=no_delivery_body, headers=headers)
@@ -179,13 +161,13 @@ async def test_malformed_bodies_get_400_never_500(
     assert await job_rows(client) == []
 
 
-async def test_oversized_body_gets_413(start_server: ClientFactory, setup: Setup) -> None:
-    client = await start_server(queue={"paused": True}, server={"max_body_bytes": 4096})
-    payload = github_push_payload(f"acme/{setup.name}", "f" * 40, padding="x" * 10_000)
+async def test_oversized_body_gets_413(start_offline: ClientFactory, workspace: Workspace) -> None:
+    client = await start_offline(queue={"paused": True}, server={"max_body_bytes": 4096})
+    payload = github_push_payload(f"acme/{workspace.name}", "f" * 40, padding="x" * 10_000)
     response = await post_github(client, "push", payload)
     assert response.status == 413
 
-    async def chunks():  # type: ignore[no-untyped-def]
+    async def chunks() -> AsyncIterator[bytes]:
         for _ in range(10):
             yield b"x" * 1000
 
@@ -196,10 +178,10 @@ async def test_oversized_body_gets_413(start_server: ClientFactory, setup: Setup
 
 
 async def test_redelivery_is_acknowledged_and_queues_nothing(
-    start_server: ClientFactory, setup: Setup
+    start_offline: ClientFactory, workspace: Workspace
 ) -> None:
-    client = await start_server(queue={"paused": True})
-    payload = github_push_payload(f"acme/{setup.name}", "1" * 40)
+    client = await start_offline(queue={"paused": True})
+    payload = github_push_payload(f"acme/{workspace.name}", "1" * 40)
     first = await post_github(client, "push", payload, delivery="same-id")
     again = await post_github(client, "push", payload, delivery="same-id")
     assert first.status == 202
@@ -207,12 +189,14 @@ async def test_redelivery_is_acknowledged_and_queues_nothing(
     assert len(await job_rows(client)) == 1
 
 
-async def test_gitlab_token_and_signing_token(start_server: ClientFactory, setup: Setup) -> None:
-    repo = f"acme/{setup.name}"
+async def test_gitlab_token_and_signing_token(
+    start_offline: ClientFactory, workspace: Workspace
+) -> None:
+    repo = f"acme/{workspace.name}"
     shas = (f"{n:040x}" for n in itertools.count(1))  # a distinct body each time
 
     async def sender(gitlab: dict[str, str]) -> Callable[..., Awaitable[int]]:
-        client = await start_server(queue={"paused": True}, forge="gitlab", gitlab=gitlab)
+        client = await start_offline(queue={"paused": True}, forge="gitlab", gitlab=gitlab)
 
         async def send(**kw: Any) -> int:
             body, headers = gitlab_delivery(gitlab_push_payload(repo, next(shas)), **kw)
@@ -258,7 +242,7 @@ async def test_ten_quick_pushes_deploy_at_most_twice_and_the_newest_wins(
     active = await engine.store.deployments.active(setup.name)
     assert active is not None and active.commit_sha == shas[-1]
     assert await live_version(setup) == "v10"
-    states = [j.state for j in await job_rows(client)]
+    states = [str(j.state) for j in await job_rows(client)]
     assert states.count("superseded") >= 8
     assert states.count("succeeded") == len(deployments)
 
@@ -319,7 +303,7 @@ async def test_gitlab_push_goes_live(start_server: ClientFactory, setup: Setup) 
     body, headers = gitlab_delivery(gitlab_push_payload(f"acme/{setup.name}", sha))
     assert (await client.post("/webhooks/gitlab", data=body, headers=headers)).status == 202
     await client.app[QUEUE].drain()
-    assert await live_version(setup) == "v1"
+    assert await eventually_live(setup, "v1") == "v1"
 
 
 async def test_health_and_readiness(start_server: ClientFactory, setup: Setup) -> None:
@@ -331,10 +315,10 @@ async def test_health_and_readiness(start_server: ClientFactory, setup: Setup) -
 
 
 async def test_a_replayed_body_under_a_new_delivery_id_is_a_duplicate(
-    start_server: ClientFactory, setup: Setup
+    start_offline: ClientFactory, workspace: Workspace
 ) -> None:
-    client = await start_server(queue={"paused": True})
-    payload = github_push_payload(f"acme/{setup.name}", "5" * 40)
+    client = await start_offline(queue={"paused": True})
+    payload = github_push_payload(f"acme/{workspace.name}", "5" * 40)
     first = await post_github(client, "push", payload, delivery="original")
     replay = await post_github(client, "push", payload, delivery="forged-new-id")
     assert first.status == 202

@@ -20,10 +20,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gatebot import devtools
 from gatebot.pipeline.lock import ProjectLocks
 from tests.browser.conftest import CHROMIUM
-from tests.conftest import Setup
+from tests.support.real import free_port
+from tests.support.settings import config_toml
+from tests.support.setup import Setup
 
 if shutil.which(str(CHROMIUM)) is None:
     pytest.skip(
@@ -45,7 +46,7 @@ class Server:
 
     def __init__(self, setup: Setup, *, paused: bool = False) -> None:
         self.setup = setup
-        self.port = devtools.free_port()
+        self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         project = setup.project(forge_repo=f"acme/{setup.name}", health=SLOW)
         tables: dict[str, dict[str, Any]] = {
@@ -62,7 +63,7 @@ class Server:
             "queue": {"paused": paused},
         }
         self.config = setup.tmp_path / "gatebot.toml"
-        self.config.write_text(devtools.config_toml(tables, [project]))
+        self.config.write_text(config_toml(tables, [project]))
         self.process: subprocess.Popen[str] | None = None
         self.log = setup.tmp_path / f"serve-{self.port}.log"
 

@@ -14,7 +14,6 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gatebot.devtools import free_port
 from gatebot.errors import ConfigError
 from gatebot.forges.base import (
     CommitRef,
@@ -28,6 +27,7 @@ from gatebot.forges.github.client import GitHubClient
 from gatebot.settings import GitHubSettings
 from tests.fakes import FakeTime, private_pem, rsa_key
 from tests.fakes.github import FakeGitHub
+from tests.support.real import free_port
 
 MakeServer = Callable[[web.Application], Awaitable[TestServer]]
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 from typing import Any
 from urllib.parse import urlencode
@@ -19,13 +17,14 @@ from gatebot.forges.github.sansio import (
     verify_signature,
 )
 from tests.forges import fixture, fixture_bytes
+from tests.support import signing
 
 SECRET = "s3cret-for-tests"
 ZERO = "0" * 40
 
 
 def sign(body: bytes, secret: str = SECRET) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return signing.github_signature(body, secret)
 
 
 def headers(event: str, delivery: str = "72d3162e-cc78-11e3-81ab-4c9367dc0958") -> dict[str, str]:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import os
 from typing import Any
 
@@ -23,6 +21,7 @@ from gatebot.forges.gitlab.sansio import (
     verify_token,
 )
 from tests.forges import fixture, fixture_bytes
+from tests.support import signing
 
 TOKEN = "gitlab-secret-token"
 KEY = os.urandom(32)
@@ -33,9 +32,8 @@ ZERO = "0" * 40
 
 
 def signature(body: bytes, *, key: bytes = KEY, msg_id: str = MSG_ID, ts: int = NOW) -> str:
-    """Standard Webhooks v1 signature, computed here independently of the code under test."""
-    mac = hmac.new(key, f"{msg_id}.{ts}.".encode() + body, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(mac).decode()
+    """Standard Webhooks v1 signature, computed independently of the code under test."""
+    return signing.gitlab_signature(body, key, msg_id, ts)
 
 
 def signed_headers(body: bytes, *, ts: int = NOW, sig: str | None = None) -> dict[str, str]:

@@ -12,35 +12,11 @@ from gatebot.model import Status
 from gatebot.pipeline.deploy import deploy
 from gatebot.pipeline.engine import Engine
 from gatebot.wiring import open_engine
-from tests.conftest import Setup
-from tests.http import get_text, steady_load
+from tests.support.deploys import container_names, live_version
+from tests.support.http import steady_load
+from tests.support.setup import Setup
 
 CRASHING = "#!/bin/sh\necho 'fatal: cannot open database' >&2\nexit 3\n"
-
-
-async def live_version(setup: Setup) -> str:
-    status, body = await get_text(f"{setup.site_url}/version")
-    assert status == 200
-    return body
-
-
-async def eventually_live(setup: Setup, expected: str, within: float = 5.0) -> str:
-    """The version served through nginx once a reload has taken effect (nginx reloads are
-    asynchronous: the command returns before the new workers answer)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    seen = await live_version(setup)
-    while seen != expected and loop.time() < deadline:
-        await asyncio.sleep(0.05)
-        seen = await live_version(setup)
-    return seen
-
-
-def container_names(client: docker.DockerClient, project: str) -> set[str]:
-    return {
-        c.name
-        for c in client.containers.list(all=True, filters={"label": f"gatebot.project={project}"})
-    }
 
 
 async def test_first_deploy_is_blue_then_green_retires_blue(

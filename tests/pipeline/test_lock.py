@@ -15,7 +15,7 @@ import pytest
 
 from gatebot.errors import LockHeld
 from gatebot.pipeline.lock import ProjectLocks
-from tests.harness import ROOT
+from tests.support.real import ROOT
 
 HOLDER = """
 import asyncio, sys, time

@@ -9,8 +9,8 @@ from gatebot.pipeline.deploy import deploy
 from gatebot.pipeline.engine import Engine, image_tag, pick_slot
 from gatebot.pipeline.reconcile import reconcile
 from gatebot.runtime.base import BuildSpec
-from tests.conftest import Setup
-from tests.pipeline.test_deploy import container_names, eventually_live
+from tests.support.deploys import container_names, eventually_live
+from tests.support.setup import Setup
 
 
 async def crash_after_run(engine: Engine, setup: Setup, version: str) -> int:

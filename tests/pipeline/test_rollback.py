@@ -10,8 +10,8 @@ from gatebot.model import Status
 from gatebot.pipeline.deploy import deploy
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.rollback import rollback
-from tests.conftest import Setup
-from tests.pipeline.test_deploy import container_names, live_version
+from tests.support.deploys import container_names, live_version
+from tests.support.setup import Setup
 
 
 async def deploy_versions(engine: Engine, setup: Setup, count: int) -> list[int]:

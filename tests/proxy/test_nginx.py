@@ -11,12 +11,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gatebot.devtools import free_port
 from gatebot.errors import ProxyError
 from gatebot.proxy.nginx import NginxProxy, render_project_conf, run_command, upstream_name
 from gatebot.settings import ProjectSettings
-from tests.harness import Nginx
-from tests.http import get_text
+from tests.support.http import get_text
+from tests.support.real import Nginx, free_port
 
 Backend = Callable[[str], Awaitable[int]]
 

@@ -19,7 +19,6 @@ import docker
 import docker.errors
 import pytest
 
-from gatebot.devtools import free_port
 from gatebot.errors import NameConflict, RuntimeFailure, RuntimeUnavailable, SourceError
 from gatebot.pipeline.deploy import build_spec
 from gatebot.runtime.base import (
@@ -30,8 +29,8 @@ from gatebot.runtime.base import (
 )
 from gatebot.runtime.docker import DockerRuntime
 from gatebot.settings import ProjectSettings
-from tests.harness import BUSYBOX, SAMPLE_APP
-from tests.http import get_text
+from tests.support.http import get_text
+from tests.support.real import BUSYBOX, SAMPLE_APP, free_port
 
 pytestmark = pytest.mark.docker
 

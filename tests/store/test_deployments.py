@@ -13,7 +13,7 @@ import aiosqlite
 import pytest
 
 from gatebot.errors import GatebotError, IllegalTransition
-from gatebot.model import Slot, Status
+from gatebot.model import Color, Slot, Status
 from gatebot.store import Store
 from gatebot.store.deployments import Deployment, Deployments
 from gatebot.store.migrations import MIGRATIONS
@@ -30,12 +30,12 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
     await opened.close()
 
 
-def slot(color: str = "blue", port: int = 3100, project: str = "shop") -> Slot:
+def slot(color: Color = Color.BLUE, port: int = 3100, project: str = "shop") -> Slot:
     return Slot(container=f"gatebot-{project}-{color}", color=color, port=port)
 
 
 async def deploying(
-    deployments: Deployments, project: str = "shop", sha: str = SHA_A, color: str = "blue"
+    deployments: Deployments, project: str = "shop", sha: str = SHA_A, color: Color = Color.BLUE
 ) -> Deployment:
     created = await deployments.create(project, "test")
     return await deployments.mark_deploying(
@@ -48,7 +48,7 @@ async def deploying(
 
 
 async def live(
-    deployments: Deployments, project: str = "shop", sha: str = SHA_A, color: str = "blue"
+    deployments: Deployments, project: str = "shop", sha: str = SHA_A, color: Color = Color.BLUE
 ) -> Deployment:
     """A new deployment made ACTIVE, retiring whichever was ACTIVE before."""
     old = await deployments.active(project)
@@ -97,7 +97,11 @@ async def test_full_lifecycle_records_fields(store: Store) -> None:
         None,
     )
     moving = await store.deployments.mark_deploying(
-        created.id, commit_sha=SHA_A, commit_message="msg", image="img:1", slot=slot("green", 3101)
+        created.id,
+        commit_sha=SHA_A,
+        commit_message="msg",
+        image="img:1",
+        slot=slot(Color.GREEN, 3101),
     )
     assert (moving.status, moving.commit_sha, moving.image) == (Status.DEPLOYING, SHA_A, "img:1")
     assert (moving.container, moving.color, moving.port) == ("gatebot-shop-green", "green", 3101)
@@ -128,7 +132,11 @@ async def test_deploying_twice_is_refused(store: Store) -> None:
     moving = await deploying(store.deployments)
     with pytest.raises(IllegalTransition):
         await store.deployments.mark_deploying(
-            moving.id, commit_sha=SHA_B, commit_message="other", image="other", slot=slot("green")
+            moving.id,
+            commit_sha=SHA_B,
+            commit_message="other",
+            image="other",
+            slot=slot(Color.GREEN),
         )
     assert await store.deployments.require(moving.id) == moving
 
@@ -145,9 +153,9 @@ async def test_unknown_deployment(store: Store) -> None:
 
 
 async def test_activate_retires_the_old_active(store: Store) -> None:
-    first = await live(store.deployments, color="blue")
+    first = await live(store.deployments, color=Color.BLUE)
     other_project = await live(store.deployments, project="blog")
-    second = await live(store.deployments, sha=SHA_B, color="green")
+    second = await live(store.deployments, sha=SHA_B, color=Color.GREEN)
     assert (await store.deployments.require(first.id)).status is Status.ROLLED_BACK
     assert (await store.deployments.active("shop")) == second
     assert (await store.deployments.active("blog")) == other_project
@@ -159,7 +167,7 @@ async def test_activate_retires_the_old_active(store: Store) -> None:
 
 async def test_second_active_without_retiring_the_first_is_refused(store: Store) -> None:
     first = await live(store.deployments)
-    second = await deploying(store.deployments, sha=SHA_B, color="green")
+    second = await deploying(store.deployments, sha=SHA_B, color=Color.GREEN)
     with pytest.raises(sqlite3.IntegrityError):
         await store.deployments.activate(second.id, old_id=None)
     assert await store.deployments.require(second.id) == second
@@ -177,10 +185,10 @@ async def test_activate_is_one_transaction(store: Store) -> None:
 
 
 async def test_rollback_reactivates_a_retired_release_in_a_new_slot(store: Store) -> None:
-    first = await live(store.deployments, color="blue")
-    second = await live(store.deployments, sha=SHA_B, color="green")
+    first = await live(store.deployments, color=Color.BLUE)
+    second = await live(store.deployments, sha=SHA_B, color=Color.GREEN)
     back = await store.deployments.activate(
-        first.id, old_id=second.id, slot=Slot("gatebot-shop-green", "green", 3101)
+        first.id, old_id=second.id, slot=Slot("gatebot-shop-green", Color.GREEN, 3101)
     )
     assert (back.status, back.color, back.port, back.container) == (
         Status.ACTIVE,
@@ -195,7 +203,7 @@ async def test_rollback_reactivates_a_retired_release_in_a_new_slot(store: Store
 
 async def test_readers_never_see_a_project_without_its_active_release(store: Store) -> None:
     first = await live(store.deployments)
-    second = await deploying(store.deployments, sha=SHA_B, color="green")
+    second = await deploying(store.deployments, sha=SHA_B, color=Color.GREEN)
     seen: list[int | None] = []
     done = asyncio.Event()
 
@@ -291,7 +299,7 @@ async def test_open_creates_the_parent_folder(tmp_path: Path) -> None:
 
 async def test_find_by_version_v_prefix_and_sha_prefix(store: Store) -> None:
     one = await live(store.deployments, sha=SHA_A)
-    two = await live(store.deployments, sha=SHA_B, color="green")
+    two = await live(store.deployments, sha=SHA_B, color=Color.GREEN)
     three = await live(store.deployments, sha=SHA_C)
     blog = await live(store.deployments, project="blog", sha=SHA_C)
     def ids(*found: Deployment | None) -> list[int | None]:
@@ -322,8 +330,8 @@ async def test_find_with_an_odd_number_finds_nothing_and_never_raises(
 
 async def test_find_by_sha_skips_releases_that_never_went_live(store: Store) -> None:
     one = await live(store.deployments, sha=SHA_A)
-    await live(store.deployments, sha=SHA_B, color="green")
-    again = await deploying(store.deployments, sha=SHA_A, color="blue")
+    await live(store.deployments, sha=SHA_B, color=Color.GREEN)
+    again = await deploying(store.deployments, sha=SHA_A, color=Color.BLUE)
     await store.deployments.fail(again.id, stage="health", error="HTTP 500")
     found = await store.deployments.find("shop", SHA_A[:7])
     assert found is not None and found.id == one.id

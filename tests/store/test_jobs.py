@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gatebot.model import JobKind, Origin, OriginKind, Slot
+from gatebot.model import Color, JobKind, Origin, OriginKind, Slot
 from gatebot.store import NewJob, Store
 
 
@@ -30,7 +30,7 @@ async def test_a_job_whose_release_went_live_before_the_crash_is_not_run_again(
             commit_sha="a" * 40,
             commit_message="",
             image="i",
-            slot=Slot(container="c", color="blue", port=3100),
+            slot=Slot(container="c", color=Color.BLUE, port=3100),
         )
         await store.deployments.activate(deployment.id, old_id=None)  # live; then the crash
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
+import copy
 import itertools
 import json
 import time
@@ -12,8 +11,10 @@ import uuid
 from typing import Any
 
 from tests.forges import fixture
+from tests.support import signing
 
 GITHUB_SECRET = "github-test-secret"
+API_TOKEN = "fake-api-token-for-tests"  # what the fake forge APIs accept
 GITLAB_TOKEN = "gitlab-test-token"
 GITLAB_SIGNING_KEY = b"0123456789abcdef0123456789abcdef"
 GITLAB_SIGNING_TOKEN = "whsec_" + base64.b64encode(GITLAB_SIGNING_KEY).decode()
@@ -22,7 +23,7 @@ _counter = itertools.count(1)
 
 
 def github_signature(body: bytes, secret: str = GITHUB_SECRET) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return signing.github_signature(body, secret)
 
 
 def github_push_payload(
@@ -84,16 +85,19 @@ def gitlab_delivery(
     if token is not None:
         headers["X-Gitlab-Token"] = token
     if signing_token is not None:
-        key = base64.b64decode(signing_token.removeprefix("whsec_"))
         webhook_id = f"msg_{next(_counter)}_{uuid.uuid4().hex}"
-        stamp = str(timestamp if timestamp is not None else int(time.time()))
-        signed = f"{webhook_id}.{stamp}.".encode() + body
-        signature = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
-        headers.update(
-            {
-                "webhook-id": webhook_id,
-                "webhook-timestamp": stamp,
-                "webhook-signature": f"v1,{signature}",
-            }
-        )
+        stamp = timestamp if timestamp is not None else int(time.time())
+        headers.update(signing.gitlab_signature_headers(body, signing_token, webhook_id, stamp))
     return body, headers
+
+
+def comment_payload(repo: str, sha: str, body: str, user: str, user_id: int = 7) -> dict[str, Any]:
+    payload = copy.deepcopy(fixture("github_commit_comment.json"))
+    owner, name = repo.split("/")
+    payload["repository"]["full_name"] = repo
+    payload["repository"]["name"] = name
+    payload["repository"]["owner"]["login"] = owner
+    payload["comment"].update(commit_id=sha, body=body)
+    payload["comment"]["user"].update(login=user, id=user_id)
+    payload["sender"].update(login=user, id=user_id)
+    return payload
