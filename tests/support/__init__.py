@@ -1,0 +1,1 @@
+"""Helpers shared by the tests and scripts that need a source checkout."""
