@@ -1,16 +1,37 @@
-"""SwarmRuntime against a real 2-node swarm (tests/support/swarm.py): services across both
-nodes, answering on each node's address; failures reported with their log lines; scale to 0
-and back; a node's dockerd killed."""
+"""SwarmRuntime against a real 2-node swarm (tests/support/swarm.py): a service across both
+nodes answering on each node's address, an update, a failing release reported with its log
+lines, scale to 0 and back up from the kept spec, a node's dockerd killed."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import shutil
+import time
 import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
+import docker.errors
 import pytest
 
+from gatebot.errors import HealthCheckFailed, NameConflict
+from gatebot.pipeline.health import wait_healthy
+from gatebot.runtime.base import LABEL_MANAGED, LABEL_PROJECT, BuildSpec, ContainerSpec, Endpoint
+from gatebot.runtime.swarm import SwarmRuntime
+from gatebot.settings import HealthSettings, SwarmSettings
+from tests.harness import BUSYBOX, SAMPLE_APP
 from tests.support.swarm import Swarm
 
 pytestmark = pytest.mark.swarm
+
+_names = itertools.count(1)
+_ports = itertools.count(3100, 2)
+FAILING_START = """#!/bin/sh
+echo "booting release $RELEASE"
+echo "fatal: DATABASE_URL is not set" >&2
+exit 3
+"""
 
 
 def test_the_test_swarm_has_two_ready_nodes_a_registry_and_an_overlay(swarm: Swarm) -> None:
@@ -19,7 +40,7 @@ def test_the_test_swarm_has_two_ready_nodes_a_registry_and_an_overlay(swarm: Swa
         nodes = client.nodes.list()
         assert sorted(n.attrs["Description"]["Hostname"] for n in nodes) == ["n1", "n2"]
         assert {n.attrs["Status"]["State"] for n in nodes} == {"ready"}
-        assert len({n.attrs["Description"]["Engine"]["EngineVersion"] for n in nodes}) == 1
+        assert len({n.id for n in nodes}) == 2
         network = client.networks.get(swarm.network)
         assert network.attrs["Driver"] == "overlay"
         assert network.attrs["IPAM"]["Config"][0]["Subnet"].startswith("10.213.")
@@ -27,3 +48,233 @@ def test_the_test_swarm_has_two_ready_nodes_a_registry_and_an_overlay(swarm: Swa
         client.close()
     with urllib.request.urlopen(f"http://{swarm.registry}/v2/", timeout=2) as answer:
         assert answer.status == 200
+
+
+@pytest.fixture
+async def runtime(swarm: Swarm) -> AsyncIterator[SwarmRuntime]:
+    settings = SwarmSettings(registry=f"{swarm.registry}/t", network=swarm.network)
+    opened = SwarmRuntime(swarm.manager.socket, settings)
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+def project(swarm: Swarm) -> AsyncIterator[str]:
+    """A project name unique in this run; its services are removed afterwards."""
+    name = f"sw{next(_names)}"
+    yield name  # type: ignore[misc]
+    client = swarm.client()
+    try:
+        for service in client.services.list(filters={"label": f"{LABEL_PROJECT}={name}"}):
+            service.remove()
+    finally:
+        client.close()
+
+
+def context(tmp: Path, version: str, *, failing: bool = False) -> Path:
+    """The sample app (busybox httpd FROM scratch) serving `version` at /version."""
+    folder = tmp / f"context-{version}"
+    shutil.copytree(SAMPLE_APP, folder)
+    shutil.copy2(BUSYBOX, folder / "busybox")
+    (folder / "www" / "version").write_text(version + "\n")
+    if failing:
+        (folder / "start.sh").write_text(FAILING_START)
+    return folder
+
+
+async def build(runtime: SwarmRuntime, project: str, tmp: Path, version: str, **kw: bool) -> str:
+    tag = f"{runtime.image_repository(project)}:{version}-0123456789ab"
+    output: list[str] = []
+    await runtime.build(
+        BuildSpec(context=context(tmp, version, **kw), dockerfile="Dockerfile", tag=tag),
+        output.append,
+    )
+    await asyncio.sleep(0)  # the output lines are delivered through the loop
+    assert any("digest: sha256:" in line for line in output), output
+    return tag
+
+
+def slot(project: str, image: str, port: int, replicas: int = 2) -> ContainerSpec:
+    return ContainerSpec(
+        name=f"gatebot-{project}-blue",
+        image=image,
+        labels={LABEL_MANAGED: "true", LABEL_PROJECT: project, "gatebot.deployment": "1"},
+        env={"RELEASE": image},
+        network="bridge",
+        host_port=port,
+        container_port=3000,
+        replicas=replicas,
+        stop_timeout=2,
+    )
+
+
+def fetch(address: str, port: int, path: str = "/version") -> str:
+    """One GET from the root namespace to a node's address (through the test's own veth)."""
+    with urllib.request.urlopen(f"http://{address}:{port}{path}", timeout=2) as answer:
+        return str(answer.read().decode().strip())
+
+
+def answers(address: str, port: int) -> bool:
+    try:
+        fetch(address, port)
+    except OSError:
+        return False
+    return True
+
+
+async def until(check: Callable[[], Awaitable[bool]], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {seconds}s for {what}")
+        await asyncio.sleep(0.25)
+
+
+async def test_two_replicas_run_a_task_on_each_node_each_answering_on_its_address(
+    swarm: Swarm, runtime: SwarmRuntime, project: str, tmp_path: Path
+) -> None:
+    image = await build(runtime, project, tmp_path, "v1")
+    assert await runtime.image_exists(image)
+    assert not await runtime.image_exists(image.replace(":v1-", ":v9-"))
+    port = next(_ports)
+
+    await runtime.run(slot(project, image, port))
+
+    state = await runtime.state(f"gatebot-{project}-blue")
+    assert state is not None
+    assert (state.running, state.status, state.restart_count) == (True, "running", 0)
+    assert state.image == image and state.managed
+    endpoints = await runtime.endpoints(f"gatebot-{project}-blue", port)
+    assert endpoints == [Endpoint(n.address, port, n.name) for n in swarm.nodes]
+    for endpoint in endpoints:
+        assert fetch(endpoint.address, port) == "v1"
+    listed = await runtime.managed_containers(project)
+    assert [s.name for s in listed] == [f"gatebot-{project}-blue"]
+
+    # The service as created: host-mode port, dnsrr, init, on the overlay, pinned image.
+    client = swarm.client()
+    try:
+        attrs = client.services.get(f"gatebot-{project}-blue").attrs["Spec"]
+    finally:
+        client.close()
+    assert attrs["EndpointSpec"]["Mode"] == "dnsrr"
+    assert attrs["EndpointSpec"]["Ports"][0]["PublishMode"] == "host"
+    assert attrs["TaskTemplate"]["ContainerSpec"]["Init"] is True
+    assert attrs["TaskTemplate"]["ContainerSpec"]["Image"].startswith(f"{image}@sha256:")
+    assert attrs["TaskTemplate"]["ContainerSpec"]["StopGracePeriod"] == 2_000_000_000
+
+    # A second release on the same service: every node answers with it.
+    image2 = await build(runtime, project, tmp_path, "v2")
+    await runtime.run(slot(project, image2, port))
+    state = await runtime.state(f"gatebot-{project}-blue")
+    assert state is not None and state.running and state.image == image2
+    assert [fetch(n.address, port) for n in swarm.nodes] == ["v2", "v2"]
+
+
+async def test_a_failing_release_is_reported_with_its_log_lines(
+    swarm: Swarm, runtime: SwarmRuntime, project: str, tmp_path: Path
+) -> None:
+    image = await build(runtime, project, tmp_path, "bad", failing=True)
+    port = next(_ports)
+    name = f"gatebot-{project}-blue"
+
+    started = time.monotonic()
+    await runtime.run(slot(project, image, port))
+    assert time.monotonic() - started < 30  # returns at the first exit, not at start_timeout
+
+    state = await runtime.state(name)
+    assert state is not None
+    assert not state.running and state.restart_count >= 1 and state.exit_code == 3
+    logs = await runtime.logs(name)
+    assert "fatal: DATABASE_URL is not set" in logs
+    assert f"booting release {image}" in logs  # the project's env reached the task
+    assert "[n1]" in logs or "[n2]" in logs
+    assert "task failed: task: non-zero exit (3)" in logs
+    # The pipeline's health check, unchanged, fails at once with those lines.
+    with pytest.raises(HealthCheckFailed, match="fatal: DATABASE_URL is not set"):
+        await wait_healthy(runtime, name, port, HealthSettings(retries=3, interval=0.1))
+    assert await runtime.endpoints(name, port) == []
+
+
+async def test_scale_to_zero_keeps_the_spec_and_start_scales_it_back_up(
+    swarm: Swarm, runtime: SwarmRuntime, project: str, tmp_path: Path
+) -> None:
+    image = await build(runtime, project, tmp_path, "v1")
+    port = next(_ports)
+    name = f"gatebot-{project}-blue"
+    await runtime.run(slot(project, image, port))
+
+    await runtime.stop_and_remove(name, timeout=2)
+
+    state = await runtime.state(name)
+    assert state is not None
+    assert (state.running, state.status, state.image) == (False, "scaled-down", image)
+    assert await runtime.endpoints(name, port) == []
+    assert not any(answers(n.address, port) for n in swarm.nodes)
+
+    await runtime.start(name)
+
+    state = await runtime.state(name)
+    assert state is not None and state.running and state.image == image
+    assert [fetch(n.address, port) for n in swarm.nodes] == ["v1", "v1"]
+    await runtime.stop_and_remove(f"gatebot-{project}-green", timeout=1)  # absent is fine
+
+
+async def test_a_service_gatebot_did_not_create_is_left_alone(
+    swarm: Swarm, runtime: SwarmRuntime, project: str, tmp_path: Path
+) -> None:
+    image = await build(runtime, project, tmp_path, "v1")
+    client = swarm.client()
+    try:
+        client.services.create(
+            image, name=f"gatebot-{project}-blue", labels={LABEL_PROJECT: project}
+        )
+    finally:
+        client.close()
+    with pytest.raises(NameConflict, match="not created by gatebot"):
+        await runtime.run(slot(project, image, next(_ports)))
+
+
+async def test_a_dead_nodes_task_is_rescheduled_and_its_endpoint_dropped(
+    swarm: Swarm, runtime: SwarmRuntime, project: str, tmp_path: Path
+) -> None:
+    image = await build(runtime, project, tmp_path, "v1")
+    port = next(_ports)
+    name = f"gatebot-{project}-blue"
+    manager, worker = swarm.nodes
+    client = swarm.client()
+    try:
+        # Node 1 drained while the service starts, so its one task lands on node 2.
+        n1 = next(n for n in client.nodes.list() if n.attrs["Description"]["Hostname"] == "n1")
+        n1.update({**n1.attrs["Spec"], "Availability": "drain"})
+        try:
+            await runtime.run(slot(project, image, port, replicas=1))
+        finally:
+            n1.reload()
+            n1.update({**n1.attrs["Spec"], "Availability": "active"})
+        assert await runtime.endpoints(name, port) == [Endpoint(worker.address, port, "n2")]
+
+        swarm.kill_node(worker.name)
+        try:
+
+            async def moved() -> bool:
+                return await runtime.endpoints(name, port) == [
+                    Endpoint(manager.address, port, "n1")
+                ]
+
+            await until(moved, 60, "the task to move to n1")
+            assert fetch(manager.address, port) == "v1"
+            state = await runtime.state(name)
+            assert state is not None and state.running
+        finally:
+            swarm.restart_node(worker.name)
+
+        async def back() -> bool:
+            nodes = client.nodes.list()
+            return {n.attrs["Status"]["State"] for n in nodes} == {"ready"}
+
+        await until(back, 30, "n2 to be ready again")
+    finally:
+        client.close()
+    with pytest.raises(docker.errors.NotFound):
+        swarm.client().services.get(f"gatebot-{project}-green")

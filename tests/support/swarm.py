@@ -115,17 +115,32 @@ class Swarm:
         log = open(folder / "dockerd.log", "ab")  # noqa: SIM115 - the child keeps it
         process = subprocess.Popen(
             [
-                "nsenter", f"--net=/run/netns/{node.netns}", "--",
-                "unshare", "--uts", "--",
-                "sh", "-c", _HOSTNAME_THEN_EXEC, node.name,
+                "nsenter",
+                f"--net=/run/netns/{node.netns}",
+                "--",
+                "unshare",
+                "--uts",
+                "--",
+                "sh",
+                "-c",
+                _HOSTNAME_THEN_EXEC,
+                node.name,
                 "dockerd",
-                "--host", node.socket,
-                "--data-root", f"{node.dir}/data",
-                "--exec-root", node.exec_root,
-                "--pidfile", f"{node.dir}/docker.pid",
-                "--config-file", str(config),
-                "--bridge=none", "--iptables=false", "--ip6tables=false",
-                "--ip-masq=false", "--ip-forward=false",
+                "--host",
+                node.socket,
+                "--data-root",
+                f"{node.dir}/data",
+                "--exec-root",
+                node.exec_root,
+                "--pidfile",
+                f"{node.dir}/docker.pid",
+                "--config-file",
+                str(config),
+                "--bridge=none",
+                "--iptables=false",
+                "--ip6tables=false",
+                "--ip-masq=false",
+                "--ip-forward=false",
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -170,9 +185,7 @@ def up(folder: str | Path) -> Swarm:
     for i, name in enumerate(NODES, start=1):
         node_dir = folder / name
         node_dir.mkdir(exist_ok=True)
-        swarm.nodes.append(
-            Node(name, f"{tag}-{name}", f"10.213.{octet}.{10 + i}", str(node_dir))
-        )
+        swarm.nodes.append(Node(name, f"{tag}-{name}", f"10.213.{octet}.{10 + i}", str(node_dir)))
     swarm.save()
     try:
         _network(swarm, tag)
@@ -223,8 +236,14 @@ def _registry(swarm: Swarm) -> None:
     )
     log = open(folder / "registry.log", "ab")  # noqa: SIM115 - the child keeps it
     process = subprocess.Popen(
-        ["nsenter", f"--net=/run/netns/{swarm.manager.netns}", "--",
-         "docker-registry", "serve", str(config)],  # fmt: skip
+        [
+            "nsenter",
+            f"--net=/run/netns/{swarm.manager.netns}",
+            "--",
+            "docker-registry",
+            "serve",
+            str(config),
+        ],  # fmt: skip
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -351,8 +370,9 @@ def _free_octet() -> int:
         ["ip", "-4", "route", "show"], capture_output=True, text=True, check=True
     ).stdout
     taken = set(
-        subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
-        .stdout.split()
+        subprocess.run(
+            ["ip", "netns", "list"], capture_output=True, text=True, check=True
+        ).stdout.split()
     )
     for octet in range(32):
         if f"10.213.{octet}." not in routes and f"gbs{octet}-br" not in taken:
