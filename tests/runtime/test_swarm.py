@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import shutil
 import time
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import docker.errors
 import pytest
 
-from gatebot.errors import HealthCheckFailed, NameConflict
+from gatebot.errors import HealthCheckFailed, NameConflict, RuntimeFailure
 from gatebot.pipeline.health import wait_healthy
 from gatebot.runtime.base import LABEL_MANAGED, LABEL_PROJECT, BuildSpec, ContainerSpec, Endpoint
 from gatebot.runtime.swarm import SwarmRuntime
@@ -46,13 +47,18 @@ def test_the_test_swarm_has_two_ready_nodes_a_registry_and_an_overlay(swarm: Swa
         assert network.attrs["IPAM"]["Config"][0]["Subnet"].startswith("10.213.")
     finally:
         client.close()
-    with urllib.request.urlopen(f"http://{swarm.registry}/v2/", timeout=2) as answer:
-        assert answer.status == 200
+    with pytest.raises(urllib.error.HTTPError, match="401"):
+        urllib.request.urlopen(f"http://{swarm.registry}/v2/", timeout=2)
 
 
 @pytest.fixture
 async def runtime(swarm: Swarm) -> AsyncIterator[SwarmRuntime]:
-    settings = SwarmSettings(registry=f"{swarm.registry}/t", network=swarm.network)
+    settings = SwarmSettings(
+        registry=f"{swarm.registry}/t",
+        network=swarm.network,
+        registry_username=swarm.registry_user,
+        registry_password=swarm.registry_password,
+    )
     opened = SwarmRuntime(swarm.manager.socket, settings)
     yield opened
     await opened.close()
@@ -218,6 +224,26 @@ async def test_scale_to_zero_keeps_the_spec_and_start_scales_it_back_up(
     assert state is not None and state.running and state.image == image
     assert [fetch(n.address, port) for n in swarm.nodes] == ["v1", "v1"]
     await runtime.stop_and_remove(f"gatebot-{project}-green", timeout=1)  # absent is fine
+
+
+async def test_wrong_registry_credentials_fail_the_push_and_the_error_does_not_show_them(
+    swarm: Swarm, project: str, tmp_path: Path
+) -> None:
+    wrong = f"not-{swarm.registry_password}"
+    settings = SwarmSettings(
+        registry=f"{swarm.registry}/t",
+        network=swarm.network,
+        registry_username=swarm.registry_user,
+        registry_password=wrong,
+    )
+    runtime = SwarmRuntime(swarm.manager.socket, settings)
+    try:
+        with pytest.raises(RuntimeFailure) as caught:
+            await build(runtime, project, tmp_path, "v1")
+    finally:
+        await runtime.close()
+    assert "401" in str(caught.value) or "unauthorized" in str(caught.value).lower()
+    assert wrong not in str(caught.value)
 
 
 async def test_a_service_gatebot_did_not_create_is_left_alone(

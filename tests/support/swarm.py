@@ -8,6 +8,9 @@ address belongs to the test's own network. Node 1 is the manager and also runs D
 `docker-registry` on 10.213.N.11:5000 (plain http, listed in every node's
 insecure-registries); an overlay network with a 10.213.x subnet is created for services.
 
+The registry asks for a password made up per run (`registry_user`, `registry_password` in the
+state), so pushes and pulls go through gatebot's handling of registry credentials.
+
 Everything lives under one folder (/tmp/gatebot-swarm.*); `swarm.json` there records what was
 made as it is made, so `down` cleans up after a partial set-up, a failed test run or a killed
 dockerd: runc leftovers, shims, mounts (deepest first), then the namespaces.
@@ -24,12 +27,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -68,6 +74,8 @@ class Swarm:
     host_address: str
     nodes: list[Node] = field(default_factory=list)
     registry: str = ""  # host:port, as nodes and the tests reach it
+    registry_user: str = "gatebot"
+    registry_password: str = ""  # made up per run; the registry asks for it (htpasswd)
     registry_pid: int = 0
     network: str = ""  # the overlay network services attach to
     netns_made: list[str] = field(default_factory=list)
@@ -226,12 +234,16 @@ def _network(swarm: Swarm, tag: str) -> None:
 def _registry(swarm: Swarm) -> None:
     folder = Path(swarm.dir) / "registry"
     (folder / "data").mkdir(parents=True, exist_ok=True)
+    swarm.registry_password = secrets.token_urlsafe(16)
+    htpasswd = folder / "htpasswd"
+    htpasswd.write_text(f"{swarm.registry_user}:{_bcrypt(swarm.registry_password)}\n")
     config = folder / "config.yml"
     config.write_text(
         "version: 0.1\n"
         "log:\n  level: warn\n"
         f"storage:\n  filesystem:\n    rootdirectory: {folder / 'data'}\n"
         "  delete:\n    enabled: true\n"
+        f"auth:\n  htpasswd:\n    realm: gatebot-test\n    path: {htpasswd}\n"
         f"http:\n  addr: {swarm.registry}\n"
     )
     log = open(folder / "registry.log", "ab")  # noqa: SIM115 - the child keeps it
@@ -253,7 +265,17 @@ def _registry(swarm: Swarm) -> None:
     swarm.registry_pid = process.pid
     swarm.save()
     url = f"http://{swarm.registry}/v2/"
-    _wait(lambda: _http_ok(url), 15, "the registry", None, process)
+    _wait(lambda: _http_status(url) == 401, 15, "the registry", None, process)
+
+
+def _bcrypt(password: str) -> str:
+    """The registry's htpasswd wants bcrypt; the C library makes it (few rounds: the
+    registry checks it on every request)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt  # the standard library's until Python 3.13
+
+    return crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))  # noqa: S324
 
 
 def _cluster(swarm: Swarm) -> None:
@@ -391,12 +413,14 @@ def _answers(socket: str) -> bool:
         return False
 
 
-def _http_ok(url: str) -> bool:
+def _http_status(url: str) -> int:
     try:
         with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - test's own
-            return bool(response.status == 200)
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
     except OSError:
-        return False
+        return 0
 
 
 def _ready_nodes(client: docker.DockerClient) -> int:
