@@ -432,7 +432,7 @@ class SwarmRuntime(DockerRuntime):
                 service["ID"], details=True, stdout=True, stderr=True, tail=tail, follow=False
             )
             lines = [
-                _log_line(line, hostnames)
+                task_log_line(line, hostnames)
                 for chunk in raw
                 for line in bytes(chunk).decode("utf-8", "replace").splitlines()
                 if line.strip()
@@ -519,7 +519,7 @@ def _kept(spec: Mapping[str, Any], template: Mapping[str, Any], want: int) -> di
     }
 
 
-def _log_line(text: str, hostnames: Mapping[str, str]) -> str:
+def task_log_line(text: str, hostnames: Mapping[str, str]) -> str:
     """``com.docker.swarm.node.id=N,...,com.docker.swarm.task.id=T message`` -> ``[host]
     message`` (service logs with details=True)."""
     details, _, message = text.partition(" ")
