@@ -11,9 +11,9 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
-import docker.errors
 import pytest
 
 from gatebot.errors import HealthCheckFailed, NameConflict, RuntimeFailure
@@ -156,6 +156,11 @@ async def test_two_replicas_run_a_task_on_each_node_each_answering_on_its_addres
         assert fetch(endpoint.address, port) == "v1"
     listed = await runtime.managed_containers(project)
     assert [s.name for s in listed] == [f"gatebot-{project}-blue"]
+    tasks = await runtime.tasks(f"gatebot-{project}-blue")
+    assert sorted((node.hostname if node else "", t.state) for t, node in tasks) == [
+        ("n1", "running"),
+        ("n2", "running"),
+    ]
 
     # The service as created: host-mode port, dnsrr, init, on the overlay, pinned image.
     client = swarm.client()
@@ -264,43 +269,51 @@ async def test_a_service_gatebot_did_not_create_is_left_alone(
 async def test_a_dead_nodes_task_is_rescheduled_and_its_endpoint_dropped(
     swarm: Swarm, runtime: SwarmRuntime, project: str, tmp_path: Path
 ) -> None:
+    """Two services: `one` with 1 replica (on n2: n1 is drained while it starts) moves to n1
+    when n2's dockerd dies; `both` with 2 replicas cannot move its n2 task (n1 holds the
+    host-mode port already), so it runs on n1 alone until n2 is back."""
     image = await build(runtime, project, tmp_path, "v1")
-    port = next(_ports)
-    name = f"gatebot-{project}-blue"
+    one, one_port = f"gatebot-{project}-blue", next(_ports)
+    both, both_port = f"gatebot-{project}-green", next(_ports)
     manager, worker = swarm.nodes
     client = swarm.client()
     try:
-        # Node 1 drained while the service starts, so its one task lands on node 2.
         n1 = next(n for n in client.nodes.list() if n.attrs["Description"]["Hostname"] == "n1")
         n1.update({**n1.attrs["Spec"], "Availability": "drain"})
         try:
-            await runtime.run(slot(project, image, port, replicas=1))
+            await runtime.run(slot(project, image, one_port, replicas=1))
         finally:
             n1.reload()
             n1.update({**n1.attrs["Spec"], "Availability": "active"})
-        assert await runtime.endpoints(name, port) == [Endpoint(worker.address, port, "n2")]
+        await runtime.run(replace(slot(project, image, both_port), name=both))
+        assert await runtime.endpoints(one, one_port) == [Endpoint(worker.address, one_port, "n2")]
+        assert len(await runtime.endpoints(both, both_port)) == 2
 
         swarm.kill_node(worker.name)
         try:
 
             async def moved() -> bool:
-                return await runtime.endpoints(name, port) == [
-                    Endpoint(manager.address, port, "n1")
+                return await runtime.endpoints(one, one_port) == [
+                    Endpoint(manager.address, one_port, "n1")
                 ]
 
             await until(moved, 60, "the task to move to n1")
-            assert fetch(manager.address, port) == "v1"
-            state = await runtime.state(name)
+            assert fetch(manager.address, one_port) == "v1"
+            state = await runtime.state(one)
             assert state is not None and state.running
+            assert await runtime.endpoints(both, both_port) == [
+                Endpoint(manager.address, both_port, "n1")
+            ]
+            state = await runtime.state(both)
+            assert state is not None and not state.running and state.restart_count == 0
         finally:
             swarm.restart_node(worker.name)
 
-        async def back() -> bool:
-            nodes = client.nodes.list()
-            return {n.attrs["Status"]["State"] for n in nodes} == {"ready"}
+        async def both_back() -> bool:
+            state = await runtime.state(both)
+            return state is not None and state.running
 
-        await until(back, 30, "n2 to be ready again")
+        await until(both_back, 60, "n2 back with its task of the 2-replica service")
+        assert [fetch(n.address, both_port) for n in swarm.nodes] == ["v1", "v1"]
     finally:
         client.close()
-    with pytest.raises(docker.errors.NotFound):
-        swarm.client().services.get(f"gatebot-{project}-green")
