@@ -91,6 +91,46 @@ class DockerSettings(_Model):
     host: str | None = None  # resolved by load_settings: DOCKER_HOST, then the local socket
 
 
+_REGISTRY = re.compile(
+    r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?(/[a-z0-9]+([._/-][a-z0-9]+)*)?$"
+)
+_CONSTRAINT = re.compile(r"^\s*[A-Za-z0-9_.-]+\s*(==|!=)\s*\S+\s*$")
+
+
+class SwarmSettings(_Model):
+    """Present: projects with runtime = "swarm" run as Docker Swarm services, driven through
+    the engine at [docker] host, which must be a manager."""
+
+    registry: str  # "host[:port][/path]": images are pushed there, every node pulls them
+    registry_username: str | None = None
+    registry_password: Secret | None = None
+    network: str = "gatebot"  # the overlay network services join; created if missing
+    start_timeout: float = Field(120.0, gt=0)  # for every task of a new service to run
+
+    @field_validator("registry")
+    @classmethod
+    def _registry(cls, value: str) -> str:
+        if not _REGISTRY.match(value):
+            raise ValueError(
+                'must be "host[:port][/path]" in lower case, without a scheme, '
+                'for example "registry.example.com:5000/acme"'
+            )
+        return value
+
+    @field_validator("network")
+    @classmethod
+    def _network(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
+            raise ValueError("must be a Docker network name (letters, digits, _ . -)")
+        return value
+
+    @model_validator(mode="after")
+    def _credentials_paired(self) -> SwarmSettings:
+        if (self.registry_username is None) != (self.registry_password is None):
+            raise ValueError("registry_username and registry_password go together")
+        return self
+
+
 class NginxSettings(_Model):
     conf_dir: Path = Path("/etc/nginx/gatebot.d")
     test_cmd: list[str] = Field(default_factory=lambda: ["nginx", "-t"], min_length=1)
@@ -180,6 +220,9 @@ class ProjectSettings(_Model):
     base_port: int = Field(ge=1, le=65534)
     container_port: int = Field(3000, ge=1, le=65535)
     network: Literal["bridge", "host"] = "bridge"
+    runtime: Literal["docker", "swarm"] = "docker"  # swarm: needs the [swarm] table
+    replicas: int = Field(1, ge=1, le=1000)  # tasks per color (runtime = "swarm")
+    placement: list[str] = Field(default_factory=list)  # Swarm constraints, "node.x == y"
     dockerfile: str = "Dockerfile"  # relative to `context`
     context: str = "."  # relative to the repository's root; both must stay inside it
     build_include_git: bool = False  # send the checkout's .git in the build context
@@ -255,6 +298,29 @@ class ProjectSettings(_Model):
                 raise ValueError(f"{key!r} is not a valid variable name")
         return value
 
+    @field_validator("placement")
+    @classmethod
+    def _constraints(cls, value: list[str]) -> list[str]:
+        for constraint in value:
+            if not _CONSTRAINT.match(constraint):
+                raise ValueError(
+                    f"{constraint!r} is not a Swarm constraint like \"node.labels.tier == web\""
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _runtime_options(self) -> ProjectSettings:
+        if self.runtime == "docker":
+            if self.replicas != 1:
+                raise ValueError('replicas: more than 1 needs runtime = "swarm"')
+            if self.placement:
+                raise ValueError('placement: needs runtime = "swarm"')
+        elif self.network == "host":
+            raise ValueError(
+                'network: "host" is single-host; a swarm service joins the [swarm] network'
+            )
+        return self
+
     @model_validator(mode="after")
     def _default_forge_repo(self) -> ProjectSettings:
         if self.forge_repo is None:
@@ -282,6 +348,7 @@ class Settings(_Model):
     queue: QueueSettings = Field(default_factory=QueueSettings)
     github: GitHubSettings = Field(default_factory=GitHubSettings)
     gitlab: GitLabSettings = Field(default_factory=GitLabSettings)
+    swarm: SwarmSettings | None = None  # absent: every project runs on the one Docker host
     projects: list[ProjectSettings] = Field(default_factory=list)
     _source: Path | None = PrivateAttr(None)
     _project_env: dict[str, dict[str, str]] = PrivateAttr(default_factory=dict)
@@ -402,6 +469,10 @@ def _check_projects(settings: Settings, source: Path) -> None:
                 f"{where}.name: duplicate project name, also projects[{seen_names[project.name]}]"
             )
         seen_names[project.name] = i
+        if project.runtime == "swarm" and settings.swarm is None:
+            raise ConfigError(
+                f'{where}.runtime: "swarm" needs a [swarm] table with registry = "host[:port]/path"'
+            )
         for port in project.ports:
             if port in seen_ports:
                 raise ConfigError(

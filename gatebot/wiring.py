@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING
 from gatebot.pipeline.engine import Engine, EngineListeners
 from gatebot.pipeline.lock import ProjectLocks
 from gatebot.proxy.nginx import NginxProxy
+from gatebot.runtime.base import Runtime
 from gatebot.runtime.docker import DockerRuntime
+from gatebot.runtime.swarm import SwarmRuntime
 from gatebot.settings import Settings
 from gatebot.store import Store
 from gatebot.vcs import GitSource
@@ -47,11 +49,18 @@ async def open_forges(settings: Settings) -> AsyncIterator[dict[str, ForgeClient
 async def open_engine(
     settings: Settings, listeners: EngineListeners | None = None
 ) -> AsyncIterator[Engine]:
-    """Open the database and the Docker client for `settings`; close both afterwards."""
+    """Open the database and the Docker client for `settings` (and a Swarm runtime on the
+    same engine, a manager, for projects with runtime = "swarm"); close them afterwards."""
     listeners = listeners or EngineListeners()
     data_dir = settings.server.data_dir
     store = await Store.open(data_dir / "gatebot.db")
     runtime = DockerRuntime(settings.docker_host)
+    swarm = (
+        SwarmRuntime(settings.docker_host, settings.swarm) if settings.swarm is not None else None
+    )
+    runtimes: dict[str, Runtime] = {
+        p.name: swarm for p in settings.projects if p.runtime == "swarm" and swarm is not None
+    }
     try:
         yield Engine(
             settings=settings,
@@ -67,7 +76,10 @@ async def open_engine(
             locks=ProjectLocks(data_dir / "locks"),
             logs_dir=data_dir / "logs",
             on_probe=listeners.health_probe,
+            runtimes=runtimes,
         )
     finally:
+        if swarm is not None:
+            await swarm.close()
         await runtime.close()
         await store.close()

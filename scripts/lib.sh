@@ -100,3 +100,17 @@ stop_private_dockerd() {
     rm -rf "$GATEBOT_DOCKER_DIR" 2>/dev/null || true
     GATEBOT_DOCKERD_PID=
 }
+
+# name_test_swarm : the folder where the tests build their 2-node swarm (tests/support/swarm.py)
+# if a test asks for one; exported as GATEBOT_SWARM_DIR. remove_test_swarm tears down whatever
+# is there, so nothing outlives the script even when pytest was killed mid-run.
+name_test_swarm() {
+    GATEBOT_SWARM_DIR="$(mktemp -u -d /tmp/gatebot-swarm.XXXXXX)"
+    export GATEBOT_SWARM_DIR
+}
+
+remove_test_swarm() {
+    [ -n "${GATEBOT_SWARM_DIR:-}" ] && [ -e "$GATEBOT_SWARM_DIR" ] || return 0
+    log "tearing down the test swarm ($GATEBOT_SWARM_DIR)"
+    (cd "$GATEBOT_ROOT" && "$VENV/bin/python" -m tests.support.swarm down "$GATEBOT_SWARM_DIR") || true
+}

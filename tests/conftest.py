@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from gatebot.pipeline.engine import Engine
 from gatebot.runtime.base import LABEL_PROJECT
 from gatebot.settings import Settings
 from gatebot.wiring import open_engine
+from tests.support import swarm as swarm_harness
 from tests.support.real import BUSYBOX, Nginx, SampleRepo
 from tests.support.server import ClientFactory, open_engine_without_docker, server_settings
 from tests.support.setup import Setup, Workspace
@@ -61,6 +63,20 @@ def docker_client() -> Iterator[docker.DockerClient]:
         pytest.exit("/bin/busybox is missing: install busybox-static", returncode=2)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def swarm() -> Iterator[swarm_harness.Swarm]:
+    """A real 2-node swarm (tests/support/swarm.py), built when the first test asks for it
+    and torn down at the end of the session; scripts/test names the folder and removes what
+    is left there at exit, also when pytest itself was killed."""
+    folder = os.environ.get("GATEBOT_SWARM_DIR") or tempfile.mkdtemp(prefix="gatebot-swarm.")
+    try:
+        built = swarm_harness.up(folder)
+    except Exception as exc:  # noqa: BLE001
+        pytest.fail(f"could not build the test swarm: {exc}", pytrace=False)
+    yield built
+    swarm_harness.down(folder)
 
 
 @pytest.fixture

@@ -413,3 +413,87 @@ def test_a_dockerfile_outside_the_checkout_is_refused(
 def test_paths_inside_the_checkout_are_fine(tmp_path: Path, context: str, dockerfile: str) -> None:
     settings = parse({"projects": [project(context=context, dockerfile=dockerfile)]}, tmp_path)
     assert settings.projects[0].context == context and not settings.projects[0].build_include_git
+# --- Docker Swarm ---------------------------------------------------------------------------
+
+
+def test_swarm_settings_and_a_swarm_project(tmp_path: Path) -> None:
+    settings = parse(
+        {
+            "swarm": {
+                "registry": "registry.example.com:5000/acme",
+                "registry_username": "gatebot",
+                "registry_password": "env:REGISTRY_PASSWORD",
+            },
+            "projects": [
+                project(runtime="swarm", replicas=3, placement=["node.labels.tier == web"])
+            ],
+        },
+        tmp_path,
+        environ={"REGISTRY_PASSWORD": "s3cret-registry"},
+    )
+    assert settings.swarm.registry == "registry.example.com:5000/acme"
+    assert settings.swarm.registry_password.get_secret_value() == "s3cret-registry"
+    assert "s3cret-registry" not in repr(settings.swarm)
+    assert (settings.swarm.network, settings.swarm.start_timeout) == ("gatebot", 120.0)
+    shop = settings.project("shop")
+    assert (shop.runtime, shop.replicas, shop.placement) == (
+        "swarm",
+        3,
+        ["node.labels.tier == web"],
+    )
+
+
+def test_no_swarm_table_means_single_host(tmp_path: Path) -> None:
+    settings = parse({"projects": [project()]}, tmp_path)
+    assert settings.swarm is None
+    shop = settings.project("shop")
+    assert (shop.runtime, shop.replicas, shop.placement) == ("docker", 1, [])
+
+
+def test_a_swarm_project_without_a_swarm_table_names_the_field(tmp_path: Path) -> None:
+    message = config_error({"projects": [project(runtime="swarm")]}, tmp_path)
+    assert 'projects[0] (shop).runtime: "swarm" needs a [swarm] table with registry' in message
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"replicas": 2}, 'replicas: more than 1 needs runtime = "swarm"'),
+        ({"placement": ["node.role == worker"]}, 'placement: needs runtime = "swarm"'),
+        ({"runtime": "swarm", "network": "host"}, 'network: "host" is single-host'),
+        ({"runtime": "swarm", "placement": ["tier web"]}, "placement: 'tier web' is not a Swarm"),
+        ({"runtime": "swarm", "replicas": 0}, "replicas: Input should be greater than"),
+        ({"runtime": "kubernetes"}, "runtime: Input should be 'docker' or 'swarm'"),
+    ],
+)
+def test_bad_swarm_project_options_name_the_field(
+    tmp_path: Path, overrides: dict[str, Any], expected: str
+) -> None:
+    raw = {"swarm": {"registry": "registry.example.com/acme"}, "projects": [project(**overrides)]}
+    message = config_error(raw, tmp_path)
+    assert message.startswith(f"{tmp_path / 'gatebot.toml'}: projects[0] (shop)")
+    assert expected in message
+
+
+@pytest.mark.parametrize(
+    ("swarm", "expected"),
+    [
+        ({}, "swarm.registry: required key is missing"),
+        ({"registry": "https://registry.example.com"}, "swarm.registry: must be"),
+        ({"registry": "Registry.example.com"}, "swarm.registry: must be"),
+        ({"registry": "r.example.com", "registry_username": "u"}, "go together"),
+        ({"registry": "r.example.com", "network": "a b"}, "swarm.network: must be"),
+    ],
+)
+def test_bad_swarm_table_names_the_field(
+    tmp_path: Path, swarm: dict[str, Any], expected: str
+) -> None:
+    assert expected in config_error({"swarm": swarm, "projects": []}, tmp_path)
+
+
+def test_registry_password_from_a_missing_variable_is_a_clear_error(tmp_path: Path) -> None:
+    raw = {"swarm": {"registry": "r.example.com", "registry_username": "u",
+                     "registry_password": "env:NOPE"}, "projects": []}  # fmt: skip
+    assert "swarm.registry_password: environment variable NOPE is not set" in config_error(
+        raw, tmp_path
+    )

@@ -7,9 +7,11 @@ built, as `EngineListeners`, never set on it afterwards.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from gatebot.errors import RuntimeFailure
 from gatebot.model import Color, Slot
 from gatebot.pipeline.health import ProbeListener
 from gatebot.pipeline.journal import Journal, Listener
@@ -25,6 +27,7 @@ from gatebot.runtime.base import (
     LABEL_PROJECT,
     ContainerSpec,
     Runtime,
+    local_repository,
 )
 from gatebot.settings import ProjectSettings, Settings
 from gatebot.source import Source
@@ -51,6 +54,11 @@ class Engine:
     locks: ProjectLocks
     logs_dir: Path
     on_probe: ProbeListener | None = None  # hears every health probe of every deploy
+    # Projects with runtime = "swarm" -> the runtime that drives them; the others use `runtime`.
+    runtimes: Mapping[str, Runtime] = field(default_factory=dict)
+
+    def runtime_for(self, project: str) -> Runtime:
+        return self.runtimes.get(project, self.runtime)
 
     def journal(self, deployment: Deployment, listeners: list[Listener] | None) -> Journal:
         return Journal(
@@ -68,6 +76,13 @@ class Engine:
     def container_spec(
         self, project: ProjectSettings, deployment: Deployment, image: str, slot: Slot
     ) -> ContainerSpec:
+        if project.runtime == "swarm":
+            # Phase 1 of Swarm support: the runtime exists (engine.runtime_for), the pipeline
+            # does not drive it yet; refuse rather than run a swarm project on this host.
+            raise RuntimeFailure(
+                f'{project.name} has runtime = "swarm": the deploy pipeline does not run '
+                "swarm services yet (see README, Docker Swarm)"
+            )
         return ContainerSpec(
             name=slot.container,
             image=image,
@@ -77,6 +92,9 @@ class Engine:
             host_port=slot.port,
             container_port=project.container_port,
             init=project.init,
+            replicas=project.replicas,
+            placement=tuple(project.placement),
+            stop_timeout=project.stop_timeout,
         )
 
     def nginx_conf(self, project: ProjectSettings, live: Deployment | None) -> str | None:
@@ -93,7 +111,7 @@ def container_name(project: str, color: Color) -> str:
 
 
 def image_repository(project: str) -> str:
-    return f"gatebot/{project}"
+    return local_repository(project)
 
 
 def image_tag(project: str, version: int, sha: str) -> str:

@@ -12,6 +12,11 @@ LABEL_PROJECT = "gatebot.project"
 LABEL_DEPLOYMENT = "gatebot.deployment"
 LABEL_COMMIT = "gatebot.commit"
 LABEL_COLOR = "gatebot.color"
+LOCAL_REPOSITORY = "gatebot"  # images built for one host: gatebot/<project>:<version>-<sha12>
+
+
+def local_repository(project: str) -> str:
+    return f"{LOCAL_REPOSITORY}/{project}"
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,21 @@ class ContainerSpec:
     init: bool = True
     log_max_size: str = "10m"
     log_max_files: int = 3
+    # What only a swarm uses; one host runs one container and stops it with the timeout
+    # stop_and_remove is given.
+    replicas: int = 1
+    placement: tuple[str, ...] = ()
+    stop_timeout: int = 10
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """An address and port a slot answers on: 127.0.0.1 on one host; on a swarm, the address
+    of each node running one of the slot's tasks (published there in host mode)."""
+
+    address: str
+    port: int
+    node: str = ""  # the swarm node's hostname; "" on one host
 
 
 @dataclass(frozen=True)
@@ -61,6 +81,10 @@ class Runtime(Protocol):
     async def ping(self) -> None:
         """Raise RuntimeUnavailable when the engine does not answer."""
 
+    def image_repository(self, project: str) -> str:
+        """Where the project's images are tagged: ``gatebot/<project>`` on one host,
+        ``<registry>/<project>`` on a swarm (the build pushes them there)."""
+
     async def build(self, spec: BuildSpec, on_output: Callable[[str], None]) -> str:
         """Build and tag an image; `on_output` gets each output line; return the image id."""
 
@@ -73,7 +97,8 @@ class Runtime(Protocol):
 
     async def run(self, spec: ContainerSpec) -> None:
         """Create and start a container; a gatebot-labelled leftover of that name is removed
-        first; any other container of that name raises NameConflict."""
+        first; any other container of that name raises NameConflict. (A swarm creates or
+        updates the service of that name and returns once its tasks run, or one failed.)"""
 
     async def state(self, name: str) -> ContainerState | None: ...
 
@@ -85,3 +110,6 @@ class Runtime(Protocol):
         """Stop (SIGTERM, then SIGKILL after `timeout` s) and remove; absent is fine."""
 
     async def managed_containers(self, project: str) -> list[ContainerState]: ...
+
+    async def endpoints(self, name: str, port: int) -> list[Endpoint]:
+        """Where the slot `name`, published on `port`, answers now (empty: nowhere)."""

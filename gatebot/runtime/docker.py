@@ -20,6 +20,8 @@ from gatebot.runtime.base import (
     BuildSpec,
     ContainerSpec,
     ContainerState,
+    Endpoint,
+    local_repository,
 )
 
 T = TypeVar("T")
@@ -81,6 +83,9 @@ class DockerRuntime:
             await self._call(lambda: self._docker().ping())
         except RuntimeFailure as exc:
             raise RuntimeUnavailable(str(exc)) from None
+
+    def image_repository(self, project: str) -> str:
+        return local_repository(project)
 
     # --- images ---------------------------------------------------------------------------
 
@@ -238,6 +243,12 @@ class DockerRuntime:
             return [_state(c) for c in containers]
 
         return await self._call(listing)
+
+
+    async def endpoints(self, name: str, port: int) -> list[Endpoint]:
+        """One host: the slot's port on loopback (asks the engine nothing, so the single-host
+        path costs nothing more)."""
+        return [Endpoint("127.0.0.1", port)]
 
 
 def _state(container: Container) -> ContainerState:
