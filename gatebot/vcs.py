@@ -79,8 +79,7 @@ class GitSource:
         path = self.path(project)
         clean_url, credentials = split_credentials(url)
         try:
-            fresh = not (path / ".git").is_dir()
-            repo = self._open_or_init(path, clean_url)
+            repo, fresh = self._open_or_init(path, clean_url)
             # A new working copy fetches every branch, as a clone would; later only `branch`.
             wanted = "*" if fresh else branch
             with _credentials(repo, credentials) as remote:
@@ -108,15 +107,15 @@ class GitSource:
             detail = redact_url(_stderr(exc))
             raise SourceError(f"git {_subcommand(exc.command)} failed: {detail}") from None
 
-    def _open_or_init(self, path: Path, url: str) -> git.Repo:
+    def _open_or_init(self, path: Path, url: str) -> tuple[git.Repo, bool]:
         """The working copy at `path` with `url` (no credentials) as its origin; a new, empty
-        one (fetched into next) when there is none or it is broken."""
+        one (fetched into next) when there is none or it is broken; and whether it is new."""
         if (path / ".git").is_dir():
             try:
                 repo = git.Repo(path)
                 if repo.remotes.origin.url != url:
                     repo.remotes.origin.set_url(url)
-                return repo
+                return repo, False
             except (
                 git.InvalidGitRepositoryError,
                 git.NoSuchPathError,
@@ -130,7 +129,7 @@ class GitSource:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         repo = git.Repo.init(path)
         repo.create_remote("origin", url)
-        return repo
+        return repo, True
 
 
 @contextmanager
