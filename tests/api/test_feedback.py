@@ -346,7 +346,7 @@ async def test_gitlab_statuses_and_rollback_note(
     assert states[-1] == "success"
     assert fake.statuses(GITLAB_PROJECT_ID, sha2)[-1]["name"] == f"gatebot/{setup.name}"
 
-    async def note(user: str, user_id: int) -> None:
+    async def note(user: str, user_id: int, *, allowed: bool) -> None:
         payload = copy.deepcopy(fixture("gitlab_note_commit.json"))
         payload["project"]["path_with_namespace"] = repo
         payload["project"]["id"] = payload["project_id"] = GITLAB_PROJECT_ID
@@ -357,13 +357,18 @@ async def test_gitlab_statuses_and_rollback_note(
         payload["user"].update(username=user, id=user_id)
         body, headers = gitlab_delivery(payload, event="Note Hook")
         answer = await client.post("/webhooks/gitlab", data=body, headers=headers)
-        assert answer.status == 202 and (await answer.json())["queued"], "decided when it runs"
+        if allowed:
+            assert answer.status == 202 and (await answer.json())["queued"]
+        else:  # the permission is checked before anything is queued
+            assert answer.status == 200 and (await answer.json())["ignored"] is True
         await settle(client)
 
-    await note("guest", 2)
+    jobs_before = len(await client.app[ENGINE].store.jobs.recent())
+    await note("guest", 2, allowed=False)
+    assert len(await client.app[ENGINE].store.jobs.recent()) == jobs_before, "nothing queued"
     assert await live_version(setup) == "v2"
     assert "not allowed" in fake.comments(GITLAB_PROJECT_ID, sha2)[-1]
-    await note("root", 1)
+    await note("root", 1, allowed=True)
     assert await eventually_live(setup, "v1") == "v1"
     assert fake.comments(GITLAB_PROJECT_ID, sha2)[-1].startswith(f"Rolled back `{setup.name}`: v1")
     assert fake.statuses(GITLAB_PROJECT_ID, sha1)[-1]["status"] == "success"

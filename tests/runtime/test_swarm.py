@@ -202,8 +202,10 @@ async def test_a_failing_release_is_reported_with_its_log_lines(
     assert "[n1]" in logs or "[n2]" in logs
     assert "task failed: task: non-zero exit (3)" in logs
     # The pipeline's health check, unchanged, fails at once with those lines.
-    with pytest.raises(HealthCheckFailed, match="fatal: DATABASE_URL is not set"):
+    with pytest.raises(HealthCheckFailed, match="restarted") as failed:
         await wait_healthy(runtime, name, port, HealthSettings(retries=3, interval=0.1))
+    assert "fatal: DATABASE_URL is not set" in (failed.value.logs or "")
+    assert "DATABASE_URL" not in str(failed.value), "log lines travel apart from the reason"
     assert await runtime.endpoints(name, port) == []
 
 
