@@ -50,12 +50,22 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--json", action="store_true")
     history.add_argument("--limit", type=int, default=20)
 
-    commands.add_parser("check-config", help="validate the configuration and print the projects")
+    check = commands.add_parser(
+        "check-config", help="validate the configuration and print the projects"
+    )
+    check.add_argument(
+        "--write-nginx",
+        action="store_true",
+        help="also write every project's nginx files into conf_dir (then test and reload nginx)",
+    )
     commands.add_parser("serve", help="run the webhook server and the deploy queue")
     reconcile = commands.add_parser(
         "reconcile", help="repair Docker and nginx state from the database (also run at start)"
     )
     reconcile.add_argument("project", nargs="?")
+    reconcile.add_argument(
+        "--prune", action="store_true", help="remove the nginx files of unconfigured projects"
+    )
 
     token = commands.add_parser("token", help="API tokens: create, list, revoke")
     actions = token.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -83,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(config_path(args.config))
         configure_logging(settings.server.log_format, level, secrets=secrets_of(settings))
         if args.command == "check-config":
+            if args.write_nginx:
+                asyncio.run(write_nginx(settings, sys.stdout))
             return check_config(settings, sys.stdout)
         if args.command == "serve":
             return serve(settings, verbose=args.verbose)
@@ -140,6 +152,17 @@ def check_config(settings: Settings, out: TextIO) -> int:
     return EXIT_OK
 
 
+async def write_nginx(settings: Settings, out: TextIO) -> None:
+    """Every project's nginx files, as `serve` and `reconcile` write them; markers untouched
+    (a project with no marker is not live yet: nginx answers 503)."""
+    from gatebot.wiring import open_proxy
+
+    proxy = open_proxy(settings)
+    changed = await proxy.ensure(settings.projects)
+    done = f"wrote the files of {', '.join(changed)}" if changed else "files already up to date"
+    print(f"nginx: {done} in {settings.nginx.conf_dir}", file=out)
+
+
 async def run_command(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     from gatebot.wiring import open_engine
 
@@ -183,8 +206,10 @@ def progress_printer(out: TextIO) -> Any:
             print(f"  {event.stage:<8} {event.duration or 0:6.2f}s  {event.message}", file=out)
         elif event.kind == "failed":
             print(f"  {event.stage:<8} FAILED after {event.duration or 0:.2f}s", file=out)
-        elif event.kind == "note" and event.stage in ("queued", "rollback", "cleanup"):
+        elif event.kind == "note" and event.stage in ("queued", "rollback", "cleanup", "live"):
             print(f"  {event.message}", file=out)
+        elif event.kind == "output" and event.stage == "watch":  # the window's progress
+            print(f"  watch    {event.message}", file=out)
         out.flush()
 
     return show
@@ -333,6 +358,6 @@ async def cmd_reconcile(engine: Engine, args: argparse.Namespace, out: TextIO) -
     from gatebot.pipeline.reconcile import reconcile
 
     await engine.runtime.ping()
-    report = await reconcile(engine, [args.project] if args.project else None)
+    report = await reconcile(engine, [args.project] if args.project else None, prune=args.prune)
     print(report.summary(), file=out)
     return EXIT_OK

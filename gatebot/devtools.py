@@ -131,6 +131,15 @@ class Nginx:
     def reload(self) -> None:
         subprocess.run(self.reload_cmd, check=True, capture_output=True)  # noqa: S603
 
+    def master_pid(self) -> int:
+        return int((self.prefix / "nginx.pid").read_text().strip())
+
+    def worker_pids(self) -> set[int]:
+        """The master's child processes (its workers), from /proc."""
+        master = self.master_pid()
+        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+        return {int(pid) for pid in children}
+
     def stop(self) -> None:
         """Stop by the master's PID (a signal through `nginx -s` would need a valid config)."""
         try:
@@ -142,12 +151,14 @@ class Nginx:
 
 def config_toml(tables: dict[str, dict[str, Any]], projects: list[dict[str, Any]]) -> str:
     """A gatebot configuration file: top-level tables, then one [[projects]] table each (a
-    nested dict becomes a [projects.KEY] table). Values: bool, int, float, str, list."""
+    nested dict becomes a [projects.KEY] table). Values: bool, int, float, str, list; a None
+    value leaves its key out (TOML has no null)."""
     lines: list[str] = []
     for table, values in tables.items():
         lines.append(f"[{table}]")
         lines += [f"{k} = {_toml(v)}" for k, v in values.items()]
     for project in projects:
+        project = {k: v for k, v in project.items() if v is not None}
         lines.append("[[projects]]")
         nested = {k: v for k, v in project.items() if isinstance(v, dict)}
         lines += [f"{k} = {_toml(v)}" for k, v in project.items() if k not in nested]

@@ -43,6 +43,14 @@ async def open_forges(settings: Settings) -> AsyncIterator[dict[str, ForgeClient
                 await client.close()
 
 
+def open_proxy(settings: Settings) -> NginxProxy:
+    """nginx for `settings`: files and markers in conf_dir, watch logs in data_dir/nginx."""
+    nginx = settings.nginx
+    return NginxProxy(
+        nginx.conf_dir, nginx.test_cmd, nginx.reload_cmd, log_dir=settings.server.data_dir / "nginx"
+    )
+
+
 @asynccontextmanager
 async def open_engine(settings: Settings) -> AsyncIterator[Engine]:
     """Open the database and the Docker client for `settings`; close both afterwards."""
@@ -54,9 +62,7 @@ async def open_engine(settings: Settings) -> AsyncIterator[Engine]:
             settings=settings,
             store=store,
             runtime=runtime,
-            proxy=NginxProxy(
-                settings.nginx.conf_dir, settings.nginx.test_cmd, settings.nginx.reload_cmd
-            ),
+            proxy=open_proxy(settings),
             source=GitSource(data_dir / "checkouts"),
             locks=ProjectLocks(data_dir / "locks"),
             logs_dir=data_dir / "logs",

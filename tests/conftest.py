@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import os
@@ -102,5 +103,25 @@ def setup(tmp_path: Path, nginx: Nginx, sample_repo: SampleRepo, project_name: s
 
 @pytest.fixture
 async def engine(setup: Setup) -> AsyncIterator[Engine]:
+    """An engine whose project already has its nginx files (as `serve` and `reconcile` write
+    them before any deploy), with nginx answering on the site's port."""
     async with open_engine(setup.settings()) as opened:
+        await opened.proxy.ensure(opened.settings.projects)
+        await wait_listening(setup.site_port)
         yield opened
+
+
+async def wait_listening(port: int, within: float = 10.0) -> None:
+    """Until 127.0.0.1:`port` accepts connections (nginx applies a reload asynchronously)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.02)
+            continue
+        writer.close()
+        return
