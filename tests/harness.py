@@ -38,6 +38,7 @@ def project_config(
         "base_port": base_port,
         "network": "host",
         "drain_seconds": 0.2,
+        "watch_seconds": 0,  # the watch window's own tests turn it on
         "stop_timeout": 3,
         "health": health,
         "site": {"listen": f"127.0.0.1:{site_port}", "server_name": "localhost"},

@@ -20,6 +20,7 @@ from gatebot.model import Slot
 from gatebot.pipeline.engine import Engine, image_repository, image_tag, pick_slot
 from gatebot.pipeline.health import wait_healthy
 from gatebot.pipeline.journal import Journal, Listener
+from gatebot.pipeline.watch import watch_window
 from gatebot.runtime.base import LABEL_DEPLOYMENT, BuildSpec
 from gatebot.settings import ProjectSettings
 from gatebot.store.deployments import Deployment
@@ -107,6 +108,7 @@ async def _deploy(
         await deployments.fail(deployment.id, stage=failure.stage, error=failure.reason)
         raise
     await journal.note("live", f"v{deployment.version} live on {slot.color} (port {slot.port})")
+    await watch_window(engine, project, deployment, active, slot, journal)
     await retire(engine, project, active, journal)
     return deployment
 

@@ -18,6 +18,7 @@ from gatebot.pipeline.deploy import retire, undo
 from gatebot.pipeline.engine import Engine, pick_slot
 from gatebot.pipeline.health import wait_healthy
 from gatebot.pipeline.journal import Listener
+from gatebot.pipeline.watch import watch_window
 from gatebot.store.deployments import Deployment
 
 
@@ -67,6 +68,7 @@ async def rollback(
             await undo(engine, project, target, active, slot, switched, journal)
             raise
         await journal.note("live", f"v{target.version} live on {slot.color} (port {slot.port})")
+        await watch_window(engine, project, target, active, slot, journal)
         await retire(engine, project, active, journal, prune=False)
         return target
 
