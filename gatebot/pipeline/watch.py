@@ -88,12 +88,16 @@ def count_answers(lines: list[str], port: int) -> tuple[int, int]:
 
 
 class LogFollower:
-    """The complete lines appended to a file since the last read."""
+    """The complete lines appended to a file since the last read (or since it was opened,
+    with `from_end`: what an earlier window left there, if it could not be truncated)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, from_end: bool = False) -> None:
         self.path = path
         self.offset = 0
         self.partial = ""
+        if from_end:
+            with contextlib.suppress(FileNotFoundError):
+                self.offset = path.stat().st_size
 
     def new_lines(self) -> list[str]:
         try:
@@ -185,8 +189,8 @@ async def observe(
     loop = asyncio.get_running_loop()
     started = loop.time()
     url = f"http://127.0.0.1:{slot.port}{health.path}"
-    follower = LogFollower(engine.proxy.layout.access_log(project.name))
-    engine.proxy.set_watch(project.name, True)
+    engine.proxy.set_watch(project.name, True)  # truncates the log when it may
+    follower = LogFollower(engine.proxy.layout.access_log(project.name), from_end=True)
     stage.output(
         f"watching {slot.container} for {project.watch_seconds:g}s, a probe every "
         f"{health.interval:g}s; the old slot keeps running"

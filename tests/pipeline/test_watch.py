@@ -94,6 +94,11 @@ def test_log_follower_returns_complete_new_lines_only(tmp_path: Path) -> None:
         fh.write("00 y\nc 500 z\n")
     assert follower.new_lines() == ["b 200 y", "c 500 z"]
     assert follower.new_lines() == []
+    later = LogFollower(path, from_end=True)  # what an earlier window left is not counted
+    assert later.new_lines() == []
+    with open(path, "a") as fh:
+        fh.write("d 200 w\n")
+    assert later.new_lines() == ["d 200 w"]
 
 
 # --- real Docker, nginx and git -----------------------------------------------------------------
