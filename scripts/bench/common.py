@@ -194,6 +194,7 @@ def project_config(name: str, repo_url: str, base_port: int, **overrides: Any) -
         "base_port": base_port,
         "network": "host",
         "drain_seconds": 0.0,
+        "watch_seconds": 0.0,  # the watch window is measured on its own (switch.py)
         "stop_timeout": 5,
         "health": health,
         **overrides,
