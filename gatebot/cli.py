@@ -86,12 +86,22 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--json", action="store_true")
     history.add_argument("--limit", type=int, default=20)
 
-    commands.add_parser("check-config", help="validate the configuration and print the projects")
+    check = commands.add_parser(
+        "check-config", help="validate the configuration and print the projects"
+    )
+    check.add_argument(
+        "--write-nginx",
+        action="store_true",
+        help="also write every project's nginx files into conf_dir (then test and reload nginx)",
+    )
     commands.add_parser("serve", help="run the webhook server and the deploy queue")
     reconcile = commands.add_parser(
         "reconcile", help="repair Docker and nginx state from the database (also run at start)"
     )
     reconcile.add_argument("project", nargs="?")
+    reconcile.add_argument(
+        "--prune", action="store_true", help="remove the nginx files of unconfigured projects"
+    )
 
     token = commands.add_parser("token", help="API tokens: create, list, revoke")
     actions = token.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -121,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         console = Console(secrets_of(settings))
         configure_logging(settings.server.log_format, level, secrets=console.secrets)
         if args.command == "check-config":
+            if args.write_nginx:
+                asyncio.run(write_nginx(settings, console))
             return check_config(settings, console)
         if args.command == "serve":
             return serve(settings, verbose=args.verbose)
@@ -180,6 +192,17 @@ def check_config(settings: Settings, console: Console) -> int:
     return EXIT_OK
 
 
+async def write_nginx(settings: Settings, console: Console) -> None:
+    """Every project's nginx files, as `serve` and `reconcile` write them; markers untouched
+    (a project with no marker is not live yet: nginx answers 503)."""
+    from gatebot.wiring import open_proxy
+
+    proxy = open_proxy(settings)
+    changed = await proxy.ensure(settings.projects)
+    done = f"wrote the files of {', '.join(changed)}" if changed else "files already up to date"
+    console.say(f"nginx: {done} in {settings.nginx.conf_dir}")
+
+
 async def run_command(settings: Settings, args: argparse.Namespace, console: Console) -> int:
     from gatebot.wiring import open_engine
 
@@ -223,8 +246,10 @@ def progress_printer(console: Console) -> Any:
             console.say(f"  {event.stage:<8} {event.duration or 0:6.2f}s  {event.message}")
         elif event.kind == "failed":
             console.say(f"  {event.stage:<8} FAILED after {event.duration or 0:.2f}s")
-        elif event.kind == "note" and event.stage in ("queued", "rollback", "cleanup"):
+        elif event.kind == "note" and event.stage in ("queued", "rollback", "cleanup", "live"):
             console.say(f"  {event.message}")
+        elif event.kind == "output" and event.stage == "watch":  # the window's progress
+            console.say(f"  watch    {event.message}")
 
     return show
 
@@ -367,6 +392,6 @@ async def cmd_reconcile(engine: Engine, args: argparse.Namespace, console: Conso
     from gatebot.pipeline.reconcile import reconcile
 
     await engine.runtime.ping()
-    report = await reconcile(engine, [args.project] if args.project else None)
+    report = await reconcile(engine, [args.project] if args.project else None, prune=args.prune)
     console.say(report.summary())
     return EXIT_OK

@@ -233,6 +233,12 @@ class ProjectSettings(_Model):
     drain_seconds: float = Field(5.0, ge=0)
     stop_timeout: int = Field(10, ge=0)
     keep_releases: int = Field(5, ge=1)
+    # The watch window after a switch (0 turns it off): the old slot keeps running while the
+    # new release is probed and its answers through nginx are counted; a bad verdict reverts.
+    watch_seconds: float = Field(30.0, ge=0)
+    watch_failures: int = Field(3, ge=1)  # failed probes in a row that revert
+    max_error_rate: float = Field(0.05, ge=0, le=1)  # share of 5xx answers that reverts ...
+    min_requests: int = Field(20, ge=1)  # ... once at least this many answers were seen
     health: HealthSettings = Field(default_factory=HealthSettings)
     site: SiteSettings | None = None
     forge: Literal["github", "gitlab"] = "github"

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from gatebot.pipeline.engine import Engine, EngineListeners
 from gatebot.pipeline.lock import ProjectLocks
+from gatebot.proxy.base import ReloadListener
 from gatebot.proxy.nginx import NginxProxy
 from gatebot.runtime.base import Runtime
 from gatebot.runtime.docker import DockerRuntime
@@ -45,6 +46,18 @@ async def open_forges(settings: Settings) -> AsyncIterator[dict[str, ForgeClient
                 await client.close()
 
 
+def open_proxy(settings: Settings, *, on_reload: ReloadListener | None = None) -> NginxProxy:
+    """nginx for `settings`: files and markers in conf_dir, watch logs in data_dir/nginx."""
+    nginx = settings.nginx
+    return NginxProxy(
+        nginx.conf_dir,
+        nginx.test_cmd,
+        nginx.reload_cmd,
+        log_dir=settings.server.data_dir / "nginx",
+        on_reload=on_reload,
+    )
+
+
 @asynccontextmanager
 async def open_engine(
     settings: Settings, listeners: EngineListeners | None = None
@@ -66,12 +79,7 @@ async def open_engine(
             settings=settings,
             store=store,
             runtime=runtime,
-            proxy=NginxProxy(
-                settings.nginx.conf_dir,
-                settings.nginx.test_cmd,
-                settings.nginx.reload_cmd,
-                on_reload=listeners.nginx_reload,
-            ),
+            proxy=open_proxy(settings, on_reload=listeners.nginx_reload),
             source=GitSource(data_dir / "checkouts"),
             locks=ProjectLocks(data_dir / "locks"),
             logs_dir=data_dir / "logs",

@@ -25,6 +25,7 @@ from gatebot.runtime.base import LABEL_PROJECT
 from gatebot.settings import Settings
 from gatebot.wiring import open_engine
 from tests.support import swarm as swarm_harness
+from tests.support.http import wait_listening
 from tests.support.real import BUSYBOX, Nginx, SampleRepo
 from tests.support.server import ClientFactory, open_engine_without_docker, server_settings
 from tests.support.setup import Setup, Workspace
@@ -123,7 +124,11 @@ def workspace(tmp_path: Path) -> Workspace:
 
 @pytest.fixture
 async def engine(setup: Setup) -> AsyncIterator[Engine]:
+    """An engine whose project already has its nginx files (as `serve` and `reconcile` write
+    them before any deploy), with nginx answering on the site's port."""
     async with open_engine(setup.settings()) as opened:
+        await opened.proxy.ensure(opened.settings.projects)
+        await wait_listening(setup.site_port)
         yield opened
 
 

@@ -3,33 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
-from tests.support.settings import write_config
+from tests.support.cli import config_file, gatebot
 from tests.support.setup import Setup
-
-
-def gatebot(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gatebot", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def config_file(setup: Setup, **overrides: Any) -> Path:
-    return write_config(
-        setup.tmp_path / "gatebot.toml",
-        setup.data_dir,
-        [setup.project(**overrides)],
-        nginx=setup.nginx,
-    )
 
 
 def test_check_config_prints_the_resolved_projects(setup: Setup) -> None:

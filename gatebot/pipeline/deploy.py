@@ -1,10 +1,12 @@
 """The blue-green deploy, as a straight line of stages:
 
-lock -> source -> pick slot -> record DEPLOYING -> build -> run -> health -> switch -> record
-ACTIVE -> drain and retire the old slot -> unlock.
+lock -> source -> pick slot -> record DEPLOYING -> build -> run -> health -> switch (flip the
+route marker; no nginx reload) -> record ACTIVE -> watch window (the old slot still running) ->
+drain and retire the old slot -> unlock.
 
-Any failure before the switch removes the new container and records FAILED; the live release
-never stops serving.
+Any failure before the switch is recorded removes the new container and records FAILED; the
+live release never stops serving. A bad verdict in the watch window flips the route back and
+records the new release FAILED at `watch` and the old one ACTIVE again (pipeline/watch.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from gatebot.model import Slot
 from gatebot.pipeline.engine import Engine, image_repository, image_tag, pick_slot
 from gatebot.pipeline.health import wait_healthy
 from gatebot.pipeline.journal import Journal, Listener
+from gatebot.pipeline.watch import watch_window
 from gatebot.runtime.base import LABEL_DEPLOYMENT, BuildSpec
 from gatebot.settings import ProjectSettings
 from gatebot.store.deployments import Deployment
@@ -89,9 +92,10 @@ async def _deploy(
                 f"healthy after {result.attempts} attempt(s), {result.latency_ms:.0f} ms"
             )
         async with journal.stage("switch") as stage:
-            conf = engine.nginx_conf(project, deployment)  # as mark_deploying returned it
-            switched = await engine.proxy.apply(project.name, conf)
-            stage.message = f"nginx now sends {project.name} to port {slot.port}"
+            await engine.proxy.ensure([project])  # reloads nginx only if its files changed
+            switched = True  # from here on, undo puts the route back
+            await engine.route_to(project, deployment)  # as mark_deploying returned it
+            stage.message = f"{project.name} now routed to {slot.color} (port {slot.port})"
         async with journal.stage("record") as stage:
             deployment = await deployments.activate(
                 deployment.id, old_id=active.id if active else None
@@ -102,6 +106,7 @@ async def _deploy(
         await deployments.fail(deployment.id, stage=failure.stage, error=failure.reason)
         raise
     await journal.note("live", f"v{deployment.version} live on {slot.color} (port {slot.port})")
+    await watch_window(engine, project, deployment, active, slot, journal)
     await retire(engine, project, active, journal)
     return deployment
 
@@ -137,7 +142,7 @@ async def undo(
     switched: bool,
     journal: Journal,
 ) -> None:
-    """Put things back as they were: nginx to the live release, the new container gone.
+    """Put things back as they were: the route to the live release, the new container gone.
 
     Only a container labelled with this deployment is removed, never someone else's; and if
     nginx could not be put back, the new container stays (it is taking the traffic) for the
@@ -145,9 +150,11 @@ async def undo(
     """
     if switched:
         try:
-            await engine.proxy.apply(project.name, engine.nginx_conf(project, active))
+            await engine.route_to(project, active)
         except GatebotError as exc:
-            await journal.note("cleanup", f"nginx could not be put back ({exc}); kept the new slot")
+            await journal.note(
+                "cleanup", f"the route could not be put back ({exc}); kept the new slot"
+            )
             return
         await asyncio.sleep(project.drain_seconds)
     if slot is None:

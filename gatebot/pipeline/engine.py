@@ -17,7 +17,6 @@ from gatebot.pipeline.health import ProbeListener
 from gatebot.pipeline.journal import Journal, Listener
 from gatebot.pipeline.lock import ProjectLocks
 from gatebot.proxy.base import Proxy, ReloadListener
-from gatebot.proxy.nginx import render_project_conf
 from gatebot.redact import secrets_of
 from gatebot.runtime.base import (
     LABEL_COLOR,
@@ -97,13 +96,15 @@ class Engine:
             stop_timeout=project.stop_timeout,
         )
 
-    def nginx_conf(self, project: ProjectSettings, live: Deployment | None) -> str | None:
-        """The project's nginx file for the release in `live` (None: no file)."""
-        if live is None or live.port is None:
-            return None
-        return render_project_conf(
-            project, live.port, note=f"live: v{live.version} ({live.color}), deployment {live.id}"
-        )
+    async def route_to(self, project: ProjectSettings, live: Deployment | None) -> bool:
+        """Send the project's traffic to `live`'s slot (None: nothing is live, nginx answers
+        503). The project's files are written first if they changed (then, and only then,
+        nginx is tested and reloaded); the switch itself is a marker flip. Returns whether
+        the route changed."""
+        await self.proxy.ensure([project])
+        color = live.color if live is not None and live.port is not None else None
+        note = f"live: v{live.version} ({live.color}), deployment {live.id}" if live else ""
+        return self.proxy.set_route(project.name, color, note=note)
 
 
 def container_name(project: str, color: Color) -> str:

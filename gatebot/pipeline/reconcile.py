@@ -1,14 +1,21 @@
 """Start-up reconciliation: make Docker and nginx agree with the database after any crash.
 
-For each project, under its lock (a project another process is deploying is left alone):
+First every configured project gets its nginx files (whether or not a release is live; nginx
+is tested and reloaded once, and only if a file changed). Then for each project, under its lock
+(a project another process is deploying is left alone):
 1. a deployment caught PENDING or DEPLOYING is marked FAILED;
 2. the ACTIVE deployment's container is started (or recreated) if it is not running, and
    health-checked; only if that fails is it marked FAILED;
-3. the project's nginx file is rendered from the database, and nginx reloaded if it changed
-   (then `drain_seconds` pass, so requests in flight finish);
+3. the route marker is set from the database: the ACTIVE deployment's slot, or nothing live
+   (503), also after a crash between a flip and the database update; a watch window that was
+   running is closed (then `drain_seconds` pass if the route moved, so requests in flight
+   finish);
 4. gatebot's containers of the project that belong to no ACTIVE deployment are removed,
-   the interrupted deployment's among them.
+   the interrupted deployment's among them, and the old slot of a release whose watch window
+   a crash cut short (that release stays ACTIVE: it passed its health check and was live).
 Afterwards nginx sends every project to its ACTIVE container, which is running.
+
+`prune` removes the files of projects that left the configuration, only when asked.
 """
 
 from __future__ import annotations
@@ -35,7 +42,9 @@ class ReconcileReport:
     restarted: list[int] = field(default_factory=list)  # ACTIVE ones brought back
     lost: list[int] = field(default_factory=list)  # ACTIVE ones that could not be brought back
     removed_containers: list[str] = field(default_factory=list)
-    nginx_changed: list[str] = field(default_factory=list)
+    nginx_changed: list[str] = field(default_factory=list)  # projects whose files changed
+    routes_changed: list[str] = field(default_factory=list)  # projects whose marker moved
+    pruned: list[str] = field(default_factory=list)  # files of projects no longer configured
     skipped: list[str] = field(default_factory=list)  # projects busy in another process
 
     def summary(self) -> str:
@@ -44,18 +53,26 @@ class ReconcileReport:
             f"{len(self.restarted)} live container(s) restarted",
             f"{len(self.lost)} lost",
             f"{len(self.removed_containers)} stray container(s) removed",
-            f"{len(self.nginx_changed)} nginx file(s) rewritten",
+            f"{len(self.nginx_changed)} project(s) with new nginx files",
+            f"{len(self.routes_changed)} route(s) set",
         ]
+        if self.pruned:
+            parts.append(f"{len(self.pruned)} file(s) of unconfigured projects removed")
         if self.skipped:
             parts.append(f"busy: {', '.join(self.skipped)}")
         return ", ".join(parts)
 
 
-async def reconcile(engine: Engine, projects: list[str] | None = None) -> ReconcileReport:
+async def reconcile(
+    engine: Engine, projects: list[str] | None = None, *, prune: bool = False
+) -> ReconcileReport:
     report = ReconcileReport()
-    for project in engine.settings.projects:
-        if projects is not None and project.name not in projects:
-            continue
+    chosen = [p for p in engine.settings.projects if projects is None or p.name in projects]
+    report.nginx_changed = await engine.proxy.ensure(chosen)
+    if prune:
+        gone = engine.proxy.configured_elsewhere(p.name for p in engine.settings.projects)
+        report.pruned = [str(path) for path in await engine.proxy.remove(gone)]
+    for project in chosen:
         try:
             async with engine.locks.hold(project.name, "reconciliation"):
                 await reconcile_project(engine, project, report)
@@ -84,8 +101,9 @@ async def reconcile_project(
             report.restarted.append(active.id)
 
     # Route to the live release first, so nothing removed below is still receiving traffic.
-    if await engine.proxy.apply(project.name, engine.nginx_conf(project, active)):
-        report.nginx_changed.append(project.name)
+    engine.proxy.set_watch(project.name, False)
+    if await engine.route_to(project, active):
+        report.routes_changed.append(project.name)
         await asyncio.sleep(project.drain_seconds)
 
     for container in await engine.runtime.managed_containers(project.name):

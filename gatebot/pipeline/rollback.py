@@ -1,9 +1,11 @@
 """Rollback: make an earlier release live again, through the same slot switch as a deploy.
 
-The target's image starts in the idle slot, is health-checked, nginx switches to it, and only
-then the current release is retired. If anything fails first, the current release stays live.
+The target's image starts in the idle slot, is health-checked, the route marker flips to it,
+and after the same watch window as a deploy's the current release is retired. If anything
+fails before the switch, the current release stays live; a bad watch verdict brings it back.
 Without an explicit target, rollback walks back: the newest once-live release older than the
-live one whose image still exists; so repeated rollbacks go v3 -> v2 -> v1, never back and forth.
+live one whose image still exists; so repeated rollbacks go v3 -> v2 -> v1, never back and
+forth.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from gatebot.pipeline.deploy import retire, undo
 from gatebot.pipeline.engine import Engine, pick_slot
 from gatebot.pipeline.health import wait_healthy
 from gatebot.pipeline.journal import Listener
+from gatebot.pipeline.watch import watch_window
 from gatebot.store.deployments import Deployment
 
 
@@ -71,9 +74,10 @@ async def rollback(
                 )
                 stage.message = f"healthy after {result.attempts} attempt(s)"
             async with journal.stage("switch") as stage:
-                moved = replace(target, port=slot.port, color=slot.color)
-                switched = await engine.proxy.apply(project.name, engine.nginx_conf(project, moved))
-                stage.message = f"nginx now sends {project.name} to port {slot.port}"
+                await engine.proxy.ensure([project])
+                switched = True
+                await engine.route_to(project, replace(target, port=slot.port, color=slot.color))
+                stage.message = f"{project.name} now routed to {slot.color} (port {slot.port})"
             async with journal.stage("record") as stage:
                 target = await deployments.activate(
                     target.id, old_id=active.id if active else None, slot=slot
@@ -83,6 +87,7 @@ async def rollback(
             await undo(engine, project, target, active, slot, switched, journal)
             raise
         await journal.note("live", f"v{target.version} live on {slot.color} (port {slot.port})")
+        await watch_window(engine, project, target, active, slot, journal)
         await retire(engine, project, active, journal, prune=False)
         return target
 

@@ -1,9 +1,22 @@
-"""nginx as the switch between slots.
+"""nginx as the switch between slots, without a reload.
 
-`render_project_conf` is pure: a project's settings and its live port in, the file's text out.
-`NginxProxy` writes that file atomically into `conf_dir`, runs `test_cmd`, then `reload_cmd`;
-if the test fails it puts the previous file back and never reloads. nginx's graceful reload
-lets requests already in flight finish on the old workers, which is why no request is dropped.
+Each project has two files in `conf_dir`, both rendered (purely) from its settings:
+
+- `<project>.conf`, included at http level: one static upstream per slot
+  (`gatebot_<project>_blue`, `gatebot_<project>_green`), the access log format gatebot follows
+  during the watch window, and the `[projects.site]` server block when there is one;
+- `<project>.proxy`, a snippet for inside a `location`: it picks the upstream per request from
+  marker files, answers 503 while nothing is live, and proxies.
+
+The markers, beside them in `conf_dir` (where nginx's worker user can stat them):
+`<project>.live` (absent: nothing is live, 503), `<project>.green` (present: green is live, else
+blue), `<project>.watch` (present: the snippet writes the project's access log). A switch is one
+atomic rename or unlink of `<project>.green`, seen by the very next request; nginx is tested and
+reloaded only when a project's files change (`ensure`), with the previous files put back if the
+test fails.
+
+Every file gatebot writes starts with `HEADER`; gatebot never rewrites or removes a file in
+`conf_dir` that does not.
 """
 
 from __future__ import annotations
@@ -12,47 +25,121 @@ import asyncio
 import contextlib
 import fcntl
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from gatebot.errors import ProxyError
+from gatebot.model import Color
 from gatebot.proxy.base import ReloadListener
 from gatebot.settings import ProjectSettings
 
+HEADER = "# Managed by gatebot"
+KINDS = ("conf", "proxy")  # a project's rendered files: <project>.conf, <project>.proxy
+MARKERS = ("live", "green", "watch")
 
-def upstream_name(project: str) -> str:
+
+def upstream_name(project: str, color: Color) -> str:
+    return f"{_ident(project)}_{color}"
+
+
+def route_variable(project: str) -> str:
+    return f"${_ident(project)}"
+
+
+def log_format_name(project: str) -> str:
+    return f"{_ident(project)}_watch"
+
+
+def _ident(project: str) -> str:
     return f"gatebot_{project.replace('-', '_')}"
 
 
-def render_project_conf(project: ProjectSettings, port: int, *, note: str = "") -> str:
-    """The nginx file for `project`, sending its upstream to 127.0.0.1:`port`."""
-    upstream = upstream_name(project.name)
+@dataclass(frozen=True)
+class Layout:
+    """Where a project's files, markers and access log are."""
+
+    conf_dir: Path
+    log_dir: Path
+
+    def file(self, project: str, kind: str) -> Path:
+        return self.conf_dir / f"{project}.{kind}"
+
+    def marker(self, project: str, name: str) -> Path:
+        return self.conf_dir / f"{project}.{name}"
+
+    def access_log(self, project: str) -> Path:
+        return self.log_dir / f"{project}.access.log"
+
+
+def render_conf(project: ProjectSettings, layout: Layout) -> str:
+    """`<project>.conf`: both slots' upstreams, the watch log format, the optional site."""
+    blue, green = project.ports
     lines = [
-        f"# Managed by gatebot: project {project.name}. Edits here are overwritten.",
-        *([f"# {note}"] if note else []),
-        f"upstream {upstream} {{",
-        f"    server 127.0.0.1:{port} max_fails=0;",
-        "    keepalive 16;",
-        "}",
+        f"{HEADER}: project {project.name}. gatebot rewrites this file from its configuration.",
+        f"# Routing: include {layout.file(project.name, 'proxy')} inside a location.",
     ]
+    for color, port in ((Color.BLUE, blue), (Color.GREEN, green)):
+        lines += [
+            f"upstream {upstream_name(project.name, color)} {{",
+            f"    server 127.0.0.1:{port} max_fails=0;",
+            "    keepalive 16;",
+            "}",
+        ]
+    lines.append(f"log_format {log_format_name(project.name)} '$msec $status $upstream_addr';")
     if project.site is not None:
         lines += [
             "server {",
             f"    listen {project.site.listen};",
             f"    server_name {project.site.server_name};",
             "    location / {",
-            f"        proxy_pass http://{upstream};",
-            "        proxy_http_version 1.1;",
-            '        proxy_set_header Connection "";',
-            "        proxy_set_header Host $host;",
-            "        proxy_set_header X-Real-IP $remote_addr;",
-            "        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
-            "        proxy_set_header X-Forwarded-Proto $scheme;",
+            f"        include {layout.file(project.name, 'proxy')};",
             "    }",
             "}",
         ]
     return "\n".join(lines) + "\n"
+
+
+def render_proxy(project: ProjectSettings, layout: Layout) -> str:
+    """`<project>.proxy`: the per-request route from the markers, for inside a `location`."""
+    name = project.name
+    route = route_variable(name)
+    watching = f"{route}_watch"
+    return (
+        "\n".join(
+            [
+                f"{HEADER}: project {name}. gatebot rewrites this file from its configuration.",
+                "# Include it inside a location; the marker files beside it pick the live slot.",
+                "open_file_cache off;  # the marker tests below must see every flip at once",
+                "default_type text/plain;  # for the 503 below; proxied answers keep their own",
+                f"set {route} {upstream_name(name, Color.BLUE)};",
+                f"if (-f {layout.marker(name, 'green')}) {{"
+                f" set {route} {upstream_name(name, Color.GREEN)}; }}",
+                f"set {watching} 0;",
+                f"if (-f {layout.marker(name, 'watch')}) {{ set {watching} 1; }}",
+                f"if (!-f {layout.marker(name, 'live')}) {{"
+                f' return 503 "no release of {name} is live yet\\n"; }}',
+                f"access_log {layout.access_log(name)} {log_format_name(name)} if={watching};",
+                f"proxy_pass http://{route};",
+                "proxy_http_version 1.1;",
+                'proxy_set_header Connection "";',
+                "proxy_set_header Host $host;",
+                "proxy_set_header X-Real-IP $remote_addr;",
+                "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
+                "proxy_set_header X-Forwarded-Proto $scheme;",
+            ]
+        )
+        + "\n"
+    )
+
+
+def render_files(project: ProjectSettings, layout: Layout) -> dict[str, str]:
+    """A project's files by kind ("conf", "proxy")."""
+    return {"conf": render_conf(project, layout), "proxy": render_proxy(project, layout)}
+
+
+def is_gatebots(text: str | None) -> bool:
+    return text is not None and text.startswith(HEADER)
 
 
 @dataclass(frozen=True)
@@ -89,8 +176,10 @@ class NginxProxy:
         test_cmd: Sequence[str],
         reload_cmd: Sequence[str],
         *,
+        log_dir: Path,
         on_reload: ReloadListener | None = None,
     ) -> None:
+        self.layout = Layout(conf_dir, log_dir)
         self.conf_dir = conf_dir
         self.test_cmd = list(test_cmd)
         self.reload_cmd = list(reload_cmd)
@@ -127,14 +216,11 @@ class NginxProxy:
             with contextlib.suppress(Exception):
                 self.on_reload(outcome)
 
-    def path(self, project: str) -> Path:
-        return self.conf_dir / f"{project}.conf"
+    def path(self, project: str, kind: str = "conf") -> Path:
+        return self.layout.file(project, kind)
 
-    def current(self, project: str) -> str | None:
-        try:
-            return self.path(project).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return None
+    def current(self, project: str, kind: str = "conf") -> str | None:
+        return _read(self.path(project, kind))
 
     async def check(self) -> None:
         """Raise ProxyError unless nginx is installed and its configuration tests clean."""
@@ -142,39 +228,171 @@ class NginxProxy:
         if result.returncode != 0:
             raise ProxyError(f"nginx configuration test failed: {result.output}")
 
-    async def apply(self, project: str, text: str | None) -> bool:
-        """Make `text` the project's file (None removes it); test, then reload.
+    # --- files: written when the configuration changes, then tested and reloaded ----------
 
-        Returns False when the file already had that content (nothing was reloaded).
-        On a failed test the previous file is restored and ProxyError carries nginx's message.
-        """
+    def _wanted(self, projects: Iterable[ProjectSettings]) -> dict[Path, str | None]:
+        """The files that must change for `projects` (refusing to overwrite a foreign file)."""
+        wanted: dict[Path, str | None] = {}
+        for project in projects:
+            for kind, text in render_files(project, self.layout).items():
+                path = self.path(project.name, kind)
+                existing = _read(path)
+                if existing == text:
+                    continue
+                if existing is not None and not is_gatebots(existing):
+                    raise ProxyError(
+                        f"{path} was not written by gatebot, which leaves it alone: move it "
+                        f"away so gatebot can write project {project.name}'s file there"
+                    )
+                wanted[path] = text
+        return wanted
+
+    async def ensure(self, projects: Sequence[ProjectSettings]) -> list[str]:
+        """Give every project in `projects` its files; if any changed, test nginx once and
+        reload it once. Returns the projects whose files changed (none: nothing was run).
+
+        On a failed test or reload every file is put back as it was and ProxyError carries
+        nginx's message."""
+        if not self._wanted(projects):
+            return []  # the common case, without waiting for another process's reload
         async with self._exclusive():
-            previous = self.current(project)
-            if previous == text:
-                return False
-            self.conf_dir.mkdir(parents=True, exist_ok=True)
-            _write(self.path(project), text)
-            try:
-                result = await run_command(self.test_cmd)
-            except ProxyError:  # nginx missing or hung: never leave an untested file behind
-                _write(self.path(project), previous)
-                raise
-            if result.returncode != 0:
-                _write(self.path(project), previous)
-                self._told("rejected")
-                raise ProxyError(f"nginx rejected the new configuration: {result.output}")
-            try:
-                reload = await run_command(self.reload_cmd)
-            except ProxyError:
-                _write(self.path(project), previous)
-                self._told("failed")
-                raise
-            if reload.returncode != 0:
-                _write(self.path(project), previous)
-                self._told("failed")
-                raise ProxyError(f"nginx reload failed: {reload.output}")
-            self._told("ok")
-            return True
+            wanted = self._wanted(projects)
+            if not wanted:
+                return []
+            self.layout.log_dir.mkdir(parents=True, exist_ok=True)
+            changed = sorted(
+                {p.name for p in projects for k in KINDS if self.path(p.name, k) in wanted}
+            )
+            await self._apply(wanted)
+            return changed
+
+    async def remove(self, projects: Sequence[str]) -> list[Path]:
+        """Remove gatebot's files and markers of `projects` (which left the configuration);
+        test and reload. Files gatebot did not write stay. Returns what was removed."""
+        async with self._exclusive():
+            wanted: dict[Path, str | None] = {}
+            for name in projects:
+                for kind in (*KINDS, *MARKERS):
+                    path = self.layout.file(name, kind)
+                    if is_gatebots(_read(path)):
+                        wanted[path] = None
+            if wanted:
+                await self._apply(wanted)
+            return sorted(wanted)
+
+    def configured_elsewhere(self, keep: Iterable[str]) -> list[str]:
+        """Projects with gatebot's files in conf_dir that are not in `keep`."""
+        keep = set(keep)
+        found = set()
+        for path in self.conf_dir.glob("*.conf"):
+            name = path.name.removesuffix(".conf")
+            if name not in keep and is_gatebots(_read(path)):
+                found.add(name)
+        return sorted(found)
+
+    async def _apply(self, wanted: dict[Path, str | None]) -> None:
+        previous = {path: _read(path) for path in wanted}
+        self.conf_dir.mkdir(parents=True, exist_ok=True)
+        for path, text in wanted.items():
+            _write(path, text)
+
+        def restore() -> None:
+            for path, text in previous.items():
+                _write(path, text)
+
+        try:
+            result = await run_command(self.test_cmd)
+        except ProxyError:  # nginx missing or hung: never leave an untested file behind
+            restore()
+            raise
+        if result.returncode != 0:
+            restore()
+            self._told("rejected")
+            raise ProxyError(f"nginx rejected the new configuration: {result.output}")
+        try:
+            reload = await run_command(self.reload_cmd)
+        except ProxyError:
+            restore()
+            self._told("failed")
+            raise
+        if reload.returncode != 0:
+            restore()
+            self._told("failed")
+            raise ProxyError(f"nginx reload failed: {reload.output}")
+        self._told("ok")
+
+    # --- markers: the switch, no reload ---------------------------------------------------
+
+    def route(self, project: str) -> Color | None:
+        """The slot the markers send `project` to (None: nothing is live, 503)."""
+        if not self.layout.marker(project, "live").exists():
+            return None
+        return Color.GREEN if self.layout.marker(project, "green").exists() else Color.BLUE
+
+    def set_route(self, project: str, color: Color | None, *, note: str = "") -> bool:
+        """Send `project`'s requests to `color` (None: answer 503), by one rename or unlink
+        each; returns False when the markers already said so. Raises ProxyError when a
+        marker's name is taken by a file gatebot did not write, or cannot be written."""
+        if self.route(project) == color:
+            return False
+        text = f"{HEADER}: project {project}" + (f", {note}" if note else "") + "\n"
+        live, green = self.layout.marker(project, "live"), self.layout.marker(project, "green")
+        try:
+            if color is None:
+                _unlink_ours(live)
+                return True
+            if color is Color.GREEN:
+                _create(green, text)
+            else:
+                _unlink_ours(green)
+            if not live.exists():
+                _create(live, text)
+        except OSError as exc:
+            raise ProxyError(f"cannot set the route marker of {project}: {exc}") from None
+        return True
+
+    def access_log(self, project: str) -> Path:
+        return self.layout.access_log(project)
+
+    def set_watch(self, project: str, on: bool) -> None:
+        """Start (truncating the project's access log) or stop the snippet's access log."""
+        marker = self.layout.marker(project, "watch")
+        try:
+            if on:
+                with contextlib.suppress(FileNotFoundError, PermissionError):
+                    os.truncate(self.layout.access_log(project), 0)
+                _create(marker, f"{HEADER}: {project} watch window\n")
+            else:
+                _unlink_ours(marker)
+        except OSError as exc:
+            raise ProxyError(f"cannot set the watch marker of {project}: {exc}") from None
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+
+
+def _create(path: Path, text: str) -> None:
+    """Make `path` exist with `text`, atomically (temp file, rename); refuse a foreign file."""
+    existing = _read(path)
+    if existing is not None and not is_gatebots(existing):
+        raise ProxyError(f"{path} was not written by gatebot, which leaves it alone")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _unlink_ours(path: Path) -> None:
+    existing = _read(path)
+    if existing is None:
+        return
+    if not is_gatebots(existing):
+        raise ProxyError(f"{path} was not written by gatebot, which leaves it alone")
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
 
 
 def _write(path: Path, text: str | None) -> None:

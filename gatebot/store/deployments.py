@@ -211,6 +211,20 @@ class Deployments:
             await _transition(conn, new_id, Status.ACTIVE, **fields)
         return await self.require(new_id)
 
+    async def revert(
+        self, new_id: int, *, old_id: int | None, stage: str, error: str
+    ) -> Deployment:
+        """In one transaction: the new ACTIVE -> FAILED (at `stage`, for `error`), the release
+        it replaced ROLLED_BACK -> ACTIVE again. Returns the new (now FAILED) deployment."""
+        now = utcnow()
+        async with self.db.transaction() as conn:
+            await _transition(
+                conn, new_id, Status.FAILED, failed_stage=stage, error=error, finished_at=now
+            )
+            if old_id is not None:
+                await _transition(conn, old_id, Status.ACTIVE, activated_at=now)
+        return await self.require(new_id)
+
     async def add_step(
         self,
         deployment_id: int,

@@ -180,7 +180,7 @@ SampleRepo = real.SampleRepo
 
 def project_config(name: str, repo_url: str, base_port: int, **overrides: Any) -> dict[str, Any]:
     """The tests' project (tests/support/settings.py) on GitHub as FORGE_REPO, polling health
-    every 50 ms, with no drain."""
+    every 50 ms, with no drain and no watch window (measured on its own, in switch.py)."""
     health = {"interval": 0.05, "retries": 200, **overrides.pop("health", {})}
     return settings.project_config(
         name,
@@ -189,6 +189,7 @@ def project_config(name: str, repo_url: str, base_port: int, **overrides: Any) -
         forge="github",
         forge_repo=FORGE_REPO,
         drain_seconds=0.0,
+        watch_seconds=0.0,
         stop_timeout=5,
         health=health,
         **overrides,

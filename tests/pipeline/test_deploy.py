@@ -151,21 +151,33 @@ async def test_secrets_an_app_logs_are_redacted_before_they_are_stored(
             assert path.stat().st_mode & 0o777 == 0o600, path
 
 
-async def test_nginx_test_failure_restores_the_previous_file(engine: Engine, setup: Setup) -> None:
+async def test_a_switch_needs_no_nginx_test_but_a_file_change_does(
+    engine: Engine, setup: Setup
+) -> None:
+    """A broken file of someone else's does not stop a switch (a marker flip, no reload); it
+    stops a change of the project's own files, which are put back, and v1 keeps serving."""
     setup.repo.commit("v1")
     await deploy(engine, setup.name, trigger="test")
-    conf = setup.nginx.conf_dir / f"{setup.name}.conf"
-    before = conf.read_text()
-    setup.repo.commit("v2")
     broken = setup.nginx.conf_dir / "zz-broken.conf"
     broken.write_text("this is not nginx syntax\n")
-    with pytest.raises(StageFailed) as caught:
+    try:
+        setup.repo.commit("v2")
         await deploy(engine, setup.name, trigger="test")
-    broken.unlink()
+        assert await live_version(setup) == "v2"
+
+        conf = setup.nginx.conf_dir / f"{setup.name}.conf"
+        before = conf.read_text()
+        engine.settings = setup.settings(site={"listen": "127.0.0.1:1", "server_name": "x"})
+        setup.repo.commit("v3")
+        with pytest.raises(StageFailed) as caught:
+            await deploy(engine, setup.name, trigger="test")
+    finally:
+        broken.unlink()
     assert caught.value.stage == "switch"
     assert "zz-broken.conf" in caught.value.reason
     assert conf.read_text() == before
-    assert await live_version(setup) == "v1"
+    assert await live_version(setup) == "v2"
+    assert (await engine.store.deployments.history(setup.name))[0].status is Status.FAILED
 
 
 async def test_second_deploy_while_one_runs_fails_with_a_lock_error(

@@ -10,6 +10,7 @@ from gatebot.pipeline.engine import Engine, image_tag, pick_slot
 from gatebot.pipeline.reconcile import reconcile
 from gatebot.runtime.base import BuildSpec
 from tests.support.deploys import container_names, eventually_live
+from tests.support.http import get_text
 from tests.support.setup import Setup
 
 
@@ -59,12 +60,14 @@ async def test_crash_between_switch_and_record_routes_back_to_active(
     stuck = await crash_after_run(engine, setup, "v2")
     project = engine.settings.project(setup.name)
     new = await engine.store.deployments.require(stuck)
-    await engine.proxy.apply(setup.name, engine.nginx_conf(project, new))  # the switch happened
+    await engine.route_to(project, new)  # the marker flipped, the database was not updated
     assert await eventually_live(setup, "v2") == "v2"
 
     report = await reconcile(engine)
 
-    assert report.nginx_changed == [setup.name]
+    assert report.routes_changed == [setup.name]
+    assert report.nginx_changed == []
+    assert engine.proxy.route(setup.name) == first.color
     assert await eventually_live(setup, "v1") == "v1"
     assert container_names(docker_client, setup.name) == {first.container}
     assert (
@@ -115,7 +118,12 @@ async def test_active_that_cannot_come_back_is_marked_failed(
     assert report.lost == [first.id]
     lost = await engine.store.deployments.require(first.id)
     assert lost.status is Status.FAILED and lost.failed_stage == "reconcile"
-    assert not (setup.nginx.conf_dir / f"{setup.name}.conf").exists()
+    assert (setup.nginx.conf_dir / f"{setup.name}.conf").exists(), "files stay: nginx stays valid"
+    assert engine.proxy.route(setup.name) is None
+    assert await get_text(f"{setup.site_url}/version") == (
+        503,
+        f"no release of {setup.name} is live yet",
+    )
 
 
 async def test_stray_gatebot_containers_are_removed(
@@ -147,16 +155,22 @@ async def test_stray_gatebot_containers_are_removed(
     assert container_names(docker_client, setup.name) == {second.container}
 
 
-async def test_nginx_file_is_rendered_from_the_database(engine: Engine, setup: Setup) -> None:
+async def test_nginx_files_and_marker_are_rendered_from_the_database(
+    engine: Engine, setup: Setup
+) -> None:
     setup.repo.commit("v1")
-    await deploy(engine, setup.name, trigger="test")
+    first = await deploy(engine, setup.name, trigger="test")
     conf = setup.nginx.conf_dir / f"{setup.name}.conf"
     expected = conf.read_text()
-    conf.write_text(expected.replace(str(setup.base_port), str(setup.base_port + 1)))
+    conf.write_text(expected.replace(str(setup.base_port), str(setup.base_port + 7)))
+    engine.proxy.set_route(setup.name, None)  # a marker that disagrees with the database
 
     report = await reconcile(engine)
 
     assert report.nginx_changed == [setup.name]
+    assert report.routes_changed == [setup.name]
     assert conf.read_text() == expected
+    assert engine.proxy.route(setup.name) == first.color
     assert await eventually_live(setup, "v1") == "v1"
-    assert (await reconcile(engine)).nginx_changed == [], "a second pass changes nothing"
+    again = await reconcile(engine)
+    assert (again.nginx_changed, again.routes_changed) == ([], []), "a second pass changes nothing"

@@ -67,3 +67,19 @@ async def raw_exchange(host: str, port: int, request: bytes, timeout: float = 10
 def status_of(answer: bytes) -> int:
     """The status code of a raw HTTP answer (b"HTTP/1.1 401 Unauthorized...")."""
     return int(answer.split(b" ", 2)[1])
+
+
+async def wait_listening(port: int, within: float = 10.0) -> None:
+    """Until 127.0.0.1:`port` accepts connections (nginx applies a reload asynchronously)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.02)
+            continue
+        writer.close()
+        return

@@ -111,6 +111,15 @@ class Nginx:
     def reload(self) -> None:
         subprocess.run(self.reload_cmd, check=True, capture_output=True)  # noqa: S603
 
+    def master_pid(self) -> int:
+        return int((self.prefix / "nginx.pid").read_text().strip())
+
+    def worker_pids(self) -> set[int]:
+        """The master's child processes (its workers), from /proc."""
+        master = self.master_pid()
+        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+        return {int(pid) for pid in children}
+
     def stop(self) -> None:
         """Stop by the master's PID (a signal through `nginx -s` would need a valid config)."""
         try:

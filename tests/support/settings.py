@@ -29,6 +29,7 @@ def project_config(
         "base_port": base_port,
         "network": "host",
         "drain_seconds": 0.2,
+        "watch_seconds": 0,  # the watch window's own tests turn it on
         "stop_timeout": 3,
         "health": health,
     }
@@ -82,12 +83,14 @@ def write_config(
 
 def config_toml(tables: dict[str, dict[str, Any]], projects: list[dict[str, Any]]) -> str:
     """A gatebot configuration file: top-level tables, then one [[projects]] table each (a
-    nested dict becomes a [projects.KEY] table). Values: bool, int, float, str, list."""
+    nested dict becomes a [projects.KEY] table). Values: bool, int, float, str, list; a None
+    value leaves its key out (TOML has no null)."""
     lines: list[str] = []
     for table, values in tables.items():
         lines.append(f"[{table}]")
         lines += [f"{k} = {_toml(v)}" for k, v in values.items()]
     for project in projects:
+        project = {k: v for k, v in project.items() if v is not None}
         lines.append("[[projects]]")
         nested = {k: v for k, v in project.items() if isinstance(v, dict)}
         lines += [f"{k} = {_toml(v)}" for k, v in project.items() if k not in nested]
