@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from gatebot.api.errors import json_answer
 from gatebot.api.keys import ENGINE, FEEDBACK, QUEUE, SETTINGS
 from gatebot.events import CommentCommand, Event, Ignored, Ping, Push
 from gatebot.forges.errors import WebhookRejected
@@ -175,14 +176,14 @@ async def accept(
         )
     except DuplicateDelivery as duplicate:
         log.info("%s delivery %s: %s", event.forge, event.delivery_id, duplicate, extra=extra)
-        return web.json_response({"duplicate": True, "delivery": event.delivery_id})
+        return json_answer({"duplicate": True, "delivery": event.delivery_id})
     if isinstance(event, CommentCommand) and intake.project is not None:
         answer_comment(request, event, intake, permitted)
     if isinstance(event, Ping):
-        return web.json_response({"ok": True, "event": "ping"})
+        return json_answer({"ok": True, "event": "ping"})
     if not created:
         log.info("%s delivery %s ignored: %s", event.forge, event.delivery_id, reason, extra=extra)
-        return web.json_response({"ignored": True, "reason": reason})
+        return json_answer({"ignored": True, "reason": reason})
     log.info(
         "%s delivery %s queued job(s) %s",
         event.forge,
@@ -190,7 +191,7 @@ async def accept(
         [j.id for j in created],
         extra=extra,
     )
-    return web.json_response(
+    return json_answer(
         {"queued": [{"job": j.id, "project": j.project, "sha": j.sha} for j in created]},
         status=202,
     )
