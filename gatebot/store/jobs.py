@@ -15,6 +15,7 @@ from functools import partial
 from typing import Any
 
 import aiosqlite
+import orjson
 
 from gatebot.errors import GatebotError
 from gatebot.model import LIVE_ONCE, JobKind, JobState, Origin, Status
@@ -44,7 +45,8 @@ class Job:
     @classmethod
     def from_row(cls, row: aiosqlite.Row | sqlite3.Row | dict[str, Any]) -> Job:
         data = dict(row)
-        data["origin"] = Origin.from_json(json.loads(data.pop("context") or "{}"), data["trigger"])
+        context = orjson.loads(data.pop("context") or "{}")
+        data["origin"] = Origin.from_json(context, data["trigger"])
         data["kind"] = JobKind(data["kind"])
         data["state"] = JobState(data["state"])
         return cls(**data)
@@ -72,6 +74,29 @@ class NewJob:
     @property
     def delivery_id(self) -> str | None:
         return self.origin.delivery_id
+
+    def queued_as(self, job_id: int, now: str) -> Job:
+        """The row this job becomes when inserted as `job_id` at `now`, built from what was
+        written rather than read back and parsed (a third of the write thread's time)."""
+        return Job(
+            id=job_id,
+            project=self.project,
+            kind=self.kind,
+            sha=self.sha,
+            target=self.target,
+            state=JobState.QUEUED,
+            trigger=self.trigger,
+            delivery_id=self.delivery_id,
+            origin=self.origin,
+            deployment_id=None,
+            error=None,
+            superseded_by=None,
+            retry_of=None,
+            created_at=now,
+            updated_at=now,
+            started_at=None,
+            finished_at=None,
+        )
 
 
 class DuplicateDelivery(GatebotError):
@@ -122,10 +147,10 @@ def _enqueue_rows(conn: sqlite3.Connection, pending: _Pending) -> _Outcome:
     created: list[Job] = []
     superseded: list[tuple[Job, Job]] = []
     for job in pending.jobs:
-        [row] = conn.execute(
+        [(job_id,)] = conn.execute(
             "INSERT INTO jobs (project, kind, sha, target, state, trigger, delivery_id,"
             " context, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?) RETURNING *",
+            " VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?) RETURNING id",
             (
                 job.project,
                 str(job.kind),
@@ -133,12 +158,12 @@ def _enqueue_rows(conn: sqlite3.Connection, pending: _Pending) -> _Outcome:
                 job.target,
                 job.trigger,
                 job.delivery_id,
-                json.dumps(job.origin.to_json()),
+                orjson.dumps(job.origin.to_json()).decode(),
                 now,
                 now,
             ),
         ).fetchall()
-        new = Job.from_row(row)
+        new = job.queued_as(job_id, now)
         created.append(new)
         if pending.supersede and job.kind is JobKind.DEPLOY:
             older = conn.execute(
