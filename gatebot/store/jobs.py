@@ -43,10 +43,16 @@ class Job:
     finished_at: str | None
 
     @classmethod
-    def from_row(cls, row: aiosqlite.Row | sqlite3.Row | dict[str, Any]) -> Job:
+    def from_row(
+        cls, row: aiosqlite.Row | sqlite3.Row | dict[str, Any], origin: Origin | None = None
+    ) -> Job:
+        """The job a row holds; `origin`, when the caller knows it already (a job's origin
+        never changes once written), spares parsing the row's JSON."""
         data = dict(row)
-        context = orjson.loads(data.pop("context") or "{}")
-        data["origin"] = Origin.from_json(context, data["trigger"])
+        context = data.pop("context")
+        if origin is None:
+            origin = Origin.from_json(orjson.loads(context or "{}"), data["trigger"])
+        data["origin"] = origin
         data["kind"] = JobKind(data["kind"])
         data["state"] = JobState(data["state"])
         return cls(**data)
@@ -117,24 +123,32 @@ class _Pending:
 
 
 def _apply_all(batch: list[_Pending], conn: sqlite3.Connection) -> list[_Outcome | Exception]:
-    return [_apply(conn, pending) for pending in batch]
+    now = utcnow()  # one time for the whole batch: they are committed together
+    origins: dict[int, Origin] = {}  # of the jobs this batch created, by id
+    return [_apply(conn, pending, now, origins) for pending in batch]
 
 
-def _apply(conn: sqlite3.Connection, pending: _Pending) -> _Outcome | Exception:
+def _apply(
+    conn: sqlite3.Connection, pending: _Pending, now: str, origins: dict[int, Origin]
+) -> _Outcome | Exception:
     """One caller's share of a group commit, under its own savepoint (on the write thread)."""
     conn.execute("SAVEPOINT enqueue")
     try:
-        outcome = _enqueue_rows(conn, pending)
+        outcome = _enqueue_rows(conn, pending, now, origins)
     except Exception as exc:
         conn.execute("ROLLBACK TO enqueue")
         conn.execute("RELEASE enqueue")
         return exc
     conn.execute("RELEASE enqueue")
+    origins.update((job.id, job.origin) for job in outcome[0])
     return outcome
 
 
-def _enqueue_rows(conn: sqlite3.Connection, pending: _Pending) -> _Outcome:
-    now = utcnow()
+def _enqueue_rows(
+    conn: sqlite3.Connection, pending: _Pending, now: str, origins: dict[int, Origin]
+) -> _Outcome:
+    """`pending`'s rows; a queued deploy it supersedes was usually created earlier in the same
+    batch, and then its origin is taken from `origins` instead of parsed again."""
     if pending.delivery is not None:
         forge, delivery_id, event, digest = pending.delivery
         recorded = conn.execute(
@@ -173,7 +187,8 @@ def _enqueue_rows(conn: sqlite3.Connection, pending: _Pending) -> _Outcome:
                 (new.id, now, now, job.project, new.id),
             ).fetchall()
             superseded += sorted(
-                ((Job.from_row(r), new) for r in older), key=lambda pair: pair[0].id
+                ((Job.from_row(r, origins.get(r["id"])), new) for r in older),
+                key=lambda pair: pair[0].id,
             )
     return created, superseded
 
