@@ -148,9 +148,11 @@ class Origin:
         return f"{self.kind.value}:{self.who}" if self.who else self.kind.value
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = {k: v for k, v in vars(self).items() if v is not None}  # asdict is deep and slow
         data["kind"] = self.kind.value
-        return {k: v for k, v in data.items() if v is not None}
+        if self.comment is not None:
+            data["comment"] = asdict(self.comment)
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any], trigger: str = "") -> Origin:

@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from gatebot.errors import ConfigError
+from gatebot.errors import ConfigError, UnknownProject
 from gatebot.model import PROJECT_NAME, PROJECT_NAME_PATTERN
 from gatebot.numbers import parse_count
 
@@ -374,8 +374,6 @@ class Settings(_Model):
         ]
 
     def project(self, name: str) -> ProjectSettings:
-        from gatebot.errors import UnknownProject
-
         for project in self.projects:
             if project.name == name:
                 return project

@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+import orjson
 from aiohttp import web
 
 from gatebot.api.keys import SETTINGS
@@ -39,8 +40,13 @@ CODES = {
 }
 
 
+def json_answer(data: object, status: int = 200) -> web.Response:
+    """`data` as a JSON answer, encoded by orjson (compact, UTF-8) straight to bytes."""
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
 def error_response(status: int, message: str, **extra: object) -> web.Response:
-    return web.json_response(
+    return json_answer(
         {"error": CODES.get(status, "error"), "message": message, **extra}, status=status
     )
 

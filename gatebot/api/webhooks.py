@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from gatebot.api.errors import ApiError
+from gatebot.api.errors import ApiError, json_answer
 from gatebot.api.keys import ENGINE, FEEDBACK, QUEUE, SETTINGS, WEBHOOK_OUTCOME
 from gatebot.errors import GatebotError
 from gatebot.events import CommentCommand, Event, Ignored, Ping, Push
@@ -185,7 +185,7 @@ async def accept(
     except DuplicateDelivery as duplicate:
         log.info("%s delivery %s: %s", event.forge, event.delivery_id, duplicate, extra=extra)
         request[WEBHOOK_OUTCOME] = "duplicate"
-        return web.json_response({"duplicate": True, "delivery": event.delivery_id})
+        return json_answer({"duplicate": True, "delivery": event.delivery_id})
     except (TimeoutError, GatebotError) as exc:
         if isinstance(exc, TimeoutError):
             what = f"not committed within {settings.server.record_timeout:g}s"
@@ -203,11 +203,11 @@ async def accept(
         answer_comment(request, event, intake, permitted)
     if isinstance(event, Ping):
         request[WEBHOOK_OUTCOME] = "ping"
-        return web.json_response({"ok": True, "event": "ping"})
+        return json_answer({"ok": True, "event": "ping"})
     if not created:
         log.info("%s delivery %s ignored: %s", event.forge, event.delivery_id, reason, extra=extra)
         request[WEBHOOK_OUTCOME] = "ignored"
-        return web.json_response({"ignored": True, "reason": reason})
+        return json_answer({"ignored": True, "reason": reason})
     request[WEBHOOK_OUTCOME] = "queued"
     log.info(
         "%s delivery %s queued job(s) %s",
@@ -216,7 +216,7 @@ async def accept(
         [j.id for j in created],
         extra=extra,
     )
-    return web.json_response(
+    return json_answer(
         {"queued": [{"job": j.id, "project": j.project, "sha": j.sha} for j in created]},
         status=202,
     )

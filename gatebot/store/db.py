@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import queue
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -51,6 +53,49 @@ def private_files(path: Path) -> None:
     for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
         if file.exists() and file.stat().st_mode & 0o077:
             file.chmod(0o600)
+class _WriteThread:
+    """One thread that runs calls in order and hands each result back to the calling loop
+    with `call_soon_threadsafe`: a put on a queue there, one callback back. Half the event
+    loop's share of a hand-off through a ThreadPoolExecutor (its future, locks, chaining)."""
+
+    def __init__(self) -> None:
+        self._calls: queue.SimpleQueue[
+            tuple[Callable[[], Any], asyncio.AbstractEventLoop, asyncio.Future[Any]] | None
+        ] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="gatebot-sqlite", daemon=True)
+        self._thread.start()
+
+    def call(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._calls.put((fn, loop, future))
+        return future
+
+    def stop(self) -> None:
+        """End the thread once the calls queued so far are done."""
+        self._calls.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (item := self._calls.get()) is not None:
+            fn, loop, future = item
+            try:
+                outcome: tuple[Any, BaseException | None] = (fn(), None)
+            except BaseException as exc:
+                outcome = (None, exc)
+            try:
+                loop.call_soon_threadsafe(_settle, future, *outcome)
+            except RuntimeError:  # the loop is closed: nobody waits for this any more
+                pass
+
+
+def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if future.done():  # the caller was cancelled meanwhile
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
 
 
 def utcnow() -> str:
@@ -69,7 +114,7 @@ class Database:
         self.path = path
         self._write = asyncio.Lock()
         self._direct: sqlite3.Connection | None = None  # see write_in_thread; opened there
-        self._direct_thread: ThreadPoolExecutor | None = None
+        self._direct_thread: _WriteThread | None = None
 
     @classmethod
     async def open(cls, path: Path) -> Database:
@@ -95,10 +140,8 @@ class Database:
     async def close(self) -> None:
         if self._direct_thread is not None:
             async with self._write:
-                await asyncio.get_running_loop().run_in_executor(
-                    self._direct_thread, self._close_direct
-                )
-            self._direct_thread.shutdown(wait=True)
+                await self._direct_thread.call(self._close_direct)
+            self._direct_thread.stop()
             self._direct_thread = None
         await self.conn.close()
         if self.reader is not self.conn:
@@ -112,10 +155,8 @@ class Database:
         Writes through either path take the same lock: one write transaction at a time."""
         async with self._write:
             if self._direct_thread is None:
-                self._direct_thread = ThreadPoolExecutor(1, thread_name_prefix="gatebot-sqlite")
-            return await asyncio.get_running_loop().run_in_executor(
-                self._direct_thread, self._direct_transaction, fn
-            )
+                self._direct_thread = _WriteThread()
+            return await self._direct_thread.call(partial(self._direct_transaction, fn))
 
     def _direct_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._direct is None:

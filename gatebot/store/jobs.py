@@ -16,6 +16,7 @@ from functools import partial
 from typing import Any
 
 import aiosqlite
+import orjson
 
 from gatebot.errors import GatebotError
 from gatebot.model import LIVE_ONCE, JobKind, JobState, Origin, Status
@@ -43,9 +44,16 @@ class Job:
     finished_at: str | None
 
     @classmethod
-    def from_row(cls, row: aiosqlite.Row | sqlite3.Row | dict[str, Any]) -> Job:
+    def from_row(
+        cls, row: aiosqlite.Row | sqlite3.Row | dict[str, Any], origin: Origin | None = None
+    ) -> Job:
+        """The job a row holds; `origin`, when the caller knows it already (a job's origin
+        never changes once written), spares parsing the row's JSON."""
         data = dict(row)
-        data["origin"] = Origin.from_json(json.loads(data.pop("context") or "{}"), data["trigger"])
+        context = data.pop("context")
+        if origin is None:
+            origin = Origin.from_json(orjson.loads(context or "{}"), data["trigger"])
+        data["origin"] = origin
         data["kind"] = JobKind(data["kind"])
         data["state"] = JobState(data["state"])
         return cls(**data)
@@ -74,6 +82,29 @@ class NewJob:
     def delivery_id(self) -> str | None:
         return self.origin.delivery_id
 
+    def queued_as(self, job_id: int, now: str) -> Job:
+        """The row this job becomes when inserted as `job_id` at `now`, built from what was
+        written rather than read back and parsed (a third of the write thread's time)."""
+        return Job(
+            id=job_id,
+            project=self.project,
+            kind=self.kind,
+            sha=self.sha,
+            target=self.target,
+            state=JobState.QUEUED,
+            trigger=self.trigger,
+            delivery_id=self.delivery_id,
+            origin=self.origin,
+            deployment_id=None,
+            error=None,
+            superseded_by=None,
+            retry_of=None,
+            created_at=now,
+            updated_at=now,
+            started_at=None,
+            finished_at=None,
+        )
+
 
 class DuplicateDelivery(GatebotError):
     """The forge sent this delivery before; it was handled then."""
@@ -93,24 +124,32 @@ class _Pending:
 
 
 def _apply_all(batch: list[_Pending], conn: sqlite3.Connection) -> list[_Outcome | Exception]:
-    return [_apply(conn, pending) for pending in batch]
+    now = utcnow()  # one time for the whole batch: they are committed together
+    origins: dict[int, Origin] = {}  # of the jobs this batch created, by id
+    return [_apply(conn, pending, now, origins) for pending in batch]
 
 
-def _apply(conn: sqlite3.Connection, pending: _Pending) -> _Outcome | Exception:
+def _apply(
+    conn: sqlite3.Connection, pending: _Pending, now: str, origins: dict[int, Origin]
+) -> _Outcome | Exception:
     """One caller's share of a group commit, under its own savepoint (on the write thread)."""
     conn.execute("SAVEPOINT enqueue")
     try:
-        outcome = _enqueue_rows(conn, pending)
+        outcome = _enqueue_rows(conn, pending, now, origins)
     except Exception as exc:
         conn.execute("ROLLBACK TO enqueue")
         conn.execute("RELEASE enqueue")
         return exc
     conn.execute("RELEASE enqueue")
+    origins.update((job.id, job.origin) for job in outcome[0])
     return outcome
 
 
-def _enqueue_rows(conn: sqlite3.Connection, pending: _Pending) -> _Outcome:
-    now = utcnow()
+def _enqueue_rows(
+    conn: sqlite3.Connection, pending: _Pending, now: str, origins: dict[int, Origin]
+) -> _Outcome:
+    """`pending`'s rows; a queued deploy it supersedes was usually created earlier in the same
+    batch, and then its origin is taken from `origins` instead of parsed again."""
     if pending.delivery is not None:
         forge, delivery_id, event, digest = pending.delivery
         recorded = conn.execute(
@@ -123,10 +162,10 @@ def _enqueue_rows(conn: sqlite3.Connection, pending: _Pending) -> _Outcome:
     created: list[Job] = []
     superseded: list[tuple[Job, Job]] = []
     for job in pending.jobs:
-        [row] = conn.execute(
+        [(job_id,)] = conn.execute(
             "INSERT INTO jobs (project, kind, sha, target, state, trigger, delivery_id,"
             " context, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?) RETURNING *",
+            " VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?) RETURNING id",
             (
                 job.project,
                 str(job.kind),
@@ -134,12 +173,12 @@ def _enqueue_rows(conn: sqlite3.Connection, pending: _Pending) -> _Outcome:
                 job.target,
                 job.trigger,
                 job.delivery_id,
-                json.dumps(job.origin.to_json()),
+                orjson.dumps(job.origin.to_json()).decode(),
                 now,
                 now,
             ),
         ).fetchall()
-        new = Job.from_row(row)
+        new = job.queued_as(job_id, now)
         created.append(new)
         if pending.supersede and job.kind is JobKind.DEPLOY:
             older = conn.execute(
@@ -149,7 +188,8 @@ def _enqueue_rows(conn: sqlite3.Connection, pending: _Pending) -> _Outcome:
                 (new.id, now, now, job.project, new.id),
             ).fetchall()
             superseded += sorted(
-                ((Job.from_row(r), new) for r in older), key=lambda pair: pair[0].id
+                ((Job.from_row(r, origins.get(r["id"])), new) for r in older),
+                key=lambda pair: pair[0].id,
             )
     return created, superseded
 

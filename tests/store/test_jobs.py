@@ -1,13 +1,16 @@
-"""The jobs table's recovery after a crash, on real SQLite."""
+"""The jobs table on real SQLite: the group commit of deliveries, recovery after a crash."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from gatebot.model import Color, JobKind, Origin, OriginKind, Slot
 from gatebot.store import NewJob, Store
+from gatebot.store.jobs import DuplicateDelivery
 
 
 async def test_a_job_whose_release_went_live_before_the_crash_is_not_run_again(
@@ -80,5 +83,42 @@ async def test_deliveries_older_than_the_window_are_forgotten(tmp_path: Path) ->
         assert await store.deliveries.prune(week, now=now + timedelta(days=8)) == 2
         assert await store.deliveries.count() == 0
         await store.jobs.enqueue([], delivery=delivery)  # forgotten: accepted again
+    finally:
+        await store.close()
+
+
+def _push(n: int, project: str = "shop") -> tuple[list[NewJob], tuple[str, str, str, str]]:
+    origin = Origin(kind=OriginKind.PUSH, who="alice", delivery_id=f"d{n}", forge="github")
+    job = NewJob(project=project, kind=JobKind.DEPLOY, sha=f"{n:040x}", origin=origin)
+    return [job], ("github", f"d{n}", "push", f"{n:064x}")
+
+
+async def test_concurrent_enqueues_are_each_committed_before_they_are_answered(
+    tmp_path: Path,
+) -> None:
+    """Many deliveries at once go through the group commit: each caller hears only once its
+    rows are committed (a second connection sees them), each gets its own job, and a
+    redelivery among them is refused alone."""
+    store = await Store.open(tmp_path / "g.db")
+    try:
+
+        async def deliver(n: int) -> tuple[int, str | None]:
+            jobs, delivery = _push(n % 150)  # the last 50 repeat the first 50
+            try:
+                [job] = await store.jobs.enqueue(jobs, delivery=delivery, supersede=True)
+            except DuplicateDelivery:
+                return n, None
+            with sqlite3.connect(tmp_path / "g.db") as other:  # committed, not just written
+                row = other.execute("SELECT sha FROM jobs WHERE id = ?", (job.id,)).fetchone()
+            return job.id, row[0] if row else "missing"
+
+        answers = await asyncio.gather(*(deliver(n) for n in range(200)))
+
+        accepted = [(job_id, sha) for job_id, sha in answers if sha is not None]
+        assert len(accepted) == 150 and "missing" not in {sha for _, sha in accepted}
+        assert len({job_id for job_id, _ in accepted}) == 150
+        assert sum(sha is None for _, sha in answers) == 50
+        counts = await store.jobs.counts("shop")
+        assert counts == {"queued": 1, "superseded": 149}  # each newer one superseded the last
     finally:
         await store.close()
