@@ -38,6 +38,7 @@ STAGE_WORDS = {
     "health": "health-checking",
     "switch": "switching traffic",
     "record": "recording",
+    "watch": "watching the new release (the old one is kept running)",
     "drain": "retiring the old release",
 }
 

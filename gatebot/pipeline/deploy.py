@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 
 from gatebot.errors import GatebotError, SourceError, StageFailed
-from gatebot.model import Slot
+from gatebot.model import IN_FLIGHT, LIVE_ONCE, Slot, Status
 from gatebot.pipeline.engine import Engine, image_repository, image_tag, pick_slot
 from gatebot.pipeline.health import wait_healthy
 from gatebot.pipeline.journal import Journal, Listener
@@ -210,9 +210,9 @@ async def retire(
 async def prune_images(engine: Engine, project: ProjectSettings) -> list[str]:
     """Remove the project's images beyond the `keep_releases` newest once-live releases."""
     history = await engine.store.deployments.history(project.name, limit=10_000)
-    live_once = [d for d in history if d.status in ("ACTIVE", "ROLLED_BACK") and d.image]
+    live_once = [d for d in history if d.status in LIVE_ONCE and d.image]
     keep = {d.image for d in live_once[: project.keep_releases]}
-    keep |= {d.image for d in history if d.status in ("ACTIVE", "DEPLOYING", "PENDING")}
+    keep |= {d.image for d in history if d.status is Status.ACTIVE or d.status in IN_FLIGHT}
     removed = []
     built = {d.image for d in history if d.image}  # only what gatebot built: others' tags stay
     for tag in await engine.runtime.images(image_repository(project.name)):
