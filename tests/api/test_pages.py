@@ -59,7 +59,7 @@ async def test_finished_deployments_render_with_their_timeline_and_no_secrets(
     for stage in ("source", "build", "run", "health", "switch", "record"):
         assert re.fullmatch(r"\d+\.\d\d s", timeline[stage]), (stage, timeline)
     log = page_log(page)
-    assert "[build] started" in log and "[switch] nginx now sends" in log
+    assert "[build] started" in log and f"[switch] {setup.name} now routed to blue" in log
     assert "<script" not in page, "a finished deployment's page does not follow anything"
     assert 'name="viewport"' in page
 
