@@ -259,12 +259,23 @@ class NginxProxy:
             wanted = self._wanted(projects)
             if not wanted:
                 return []
-            self.layout.log_dir.mkdir(parents=True, exist_ok=True)
+            self._private_logs(projects)
             changed = sorted(
                 {p.name for p in projects for k in KINDS if self.path(p.name, k) in wanted}
             )
             await self._apply(wanted)
             return changed
+
+    def _private_logs(self, projects: Sequence[ProjectSettings]) -> None:
+        """The watch logs' folder 0700 and each log 0600, made before nginx opens them (its
+        master, root, can; nginx keeps a file's mode): they hold request lines."""
+        log_dir = self.layout.log_dir
+        log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if log_dir.stat().st_mode & 0o077:
+            log_dir.chmod(0o700)
+        for project in projects:
+            path = self.layout.access_log(project.name)
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
 
     async def remove(self, projects: Sequence[str]) -> list[Path]:
         """Remove gatebot's files and markers of `projects` (which left the configuration);

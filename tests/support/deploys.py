@@ -6,11 +6,14 @@ import asyncio
 
 import docker
 
-from tests.support.http import get_text
+from tests.support.http import get_text, wait_listening
 from tests.support.setup import Setup
 
 
 async def live_version(setup: Setup) -> str:
+    """The version nginx serves on the project's site. nginx applies a reload (one that added
+    the site's server block) after its command returns: wait until the port listens."""
+    await wait_listening(setup.site_port)
     status, body = await get_text(f"{setup.site_url}/version")
     assert status == 200
     return body
