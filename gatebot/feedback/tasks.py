@@ -1,6 +1,5 @@
 """Background forge calls, tracked so that tests can wait for them and shutdown can bound them."""
 
-
 from __future__ import annotations
 
 import asyncio

@@ -40,11 +40,14 @@ class Job:
     updated_at: str
     started_at: str | None
     finished_at: str | None
+    gate: dict[str, Any] | None = None  # a gated push: what it waits for (gatebot.gate)
 
     @classmethod
     def from_row(cls, row: aiosqlite.Row | sqlite3.Row | dict[str, Any]) -> Job:
         data = dict(row)
         data["origin"] = Origin.from_json(json.loads(data.pop("context") or "{}"), data["trigger"])
+        gate = data.get("gate")
+        data["gate"] = json.loads(gate) if gate else None
         data["kind"] = JobKind(data["kind"])
         data["state"] = JobState(data["state"])
         return cls(**data)
@@ -64,6 +67,7 @@ class NewJob:
     origin: Origin
     sha: str | None = None
     target: str | None = None
+    gate: dict[str, Any] | None = None  # set: the job starts `waiting` for the commit's checks
 
     @property
     def trigger(self) -> str:
@@ -124,18 +128,20 @@ def _enqueue_rows(conn: sqlite3.Connection, pending: _Pending) -> _Outcome:
     for job in pending.jobs:
         [row] = conn.execute(
             "INSERT INTO jobs (project, kind, sha, target, state, trigger, delivery_id,"
-            " context, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?) RETURNING *",
+            " context, created_at, updated_at, gate)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
             (
                 job.project,
                 str(job.kind),
                 job.sha,
                 job.target,
+                str(JobState.WAITING if job.gate is not None else JobState.QUEUED),
                 job.trigger,
                 job.delivery_id,
                 json.dumps(job.origin.to_json()),
                 now,
                 now,
+                json.dumps(job.gate) if job.gate is not None else None,
             ),
         ).fetchall()
         new = Job.from_row(row)
@@ -143,7 +149,7 @@ def _enqueue_rows(conn: sqlite3.Connection, pending: _Pending) -> _Outcome:
         if pending.supersede and job.kind is JobKind.DEPLOY:
             older = conn.execute(
                 "UPDATE jobs SET state = 'superseded', superseded_by = ?, updated_at = ?,"
-                " finished_at = ? WHERE project = ? AND state = 'queued'"
+                " finished_at = ? WHERE project = ? AND state IN ('queued', 'waiting')"
                 " AND kind = 'deploy' AND id < ? RETURNING *",
                 (new.id, now, now, job.project, new.id),
             ).fetchall()
@@ -196,6 +202,44 @@ class Jobs:
         rows = await self.db.fetchall("SELECT * FROM jobs WHERE state = 'queued' ORDER BY id")
         return [Job.from_row(r) for r in rows]
 
+    async def waiting(self) -> list[Job]:
+        """Jobs waiting for their commit's checks, oldest first."""
+        rows = await self.db.fetchall("SELECT * FROM jobs WHERE state = 'waiting' ORDER BY id")
+        return [Job.from_row(r) for r in rows]
+
+    async def note_gate(self, job_id: int, gate: dict[str, Any]) -> bool:
+        """Record what a waiting job waits for; False when it no longer waits."""
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute(
+                "UPDATE jobs SET gate = ?, updated_at = ? WHERE id = ? AND state = 'waiting'",
+                (json.dumps(gate), utcnow(), job_id),
+            )
+            return cursor.rowcount == 1
+
+    async def open_gate(self, job_id: int, gate: dict[str, Any]) -> Job | None:
+        """waiting -> queued: the checks passed. None when the job no longer waits."""
+        async with self.db.transaction() as conn:
+            rows = await conn.execute_fetchall(
+                "UPDATE jobs SET state = 'queued', gate = ?, updated_at = ?"
+                " WHERE id = ? AND state = 'waiting' RETURNING *",
+                (json.dumps(gate), utcnow(), job_id),
+            )
+        rows = list(rows)
+        return Job.from_row(rows[0]) if rows else None
+
+    async def fail_gate(self, job_id: int, gate: dict[str, Any], error: str) -> Job | None:
+        """waiting -> failed: a check failed, or the gate timed out. None when it no longer
+        waits."""
+        now = utcnow()
+        async with self.db.transaction() as conn:
+            rows = await conn.execute_fetchall(
+                "UPDATE jobs SET state = 'failed', gate = ?, error = ?, finished_at = ?,"
+                " updated_at = ? WHERE id = ? AND state = 'waiting' RETURNING *",
+                (json.dumps(gate), error, now, now, job_id),
+            )
+        rows = list(rows)
+        return Job.from_row(rows[0]) if rows else None
+
     async def counts(self, project: str | None = None) -> dict[str, int]:
         """Jobs per state (of one project, if given)."""
         if project is None:
@@ -215,7 +259,8 @@ class Jobs:
     ) -> list[Job]:
         """Insert `jobs` (and the delivery (forge, id, event), if any) in one transaction.
 
-        With `supersede`, a project's queued deploy jobs are marked superseded by the new one.
+        With `supersede`, a project's queued and waiting deploy jobs are marked superseded by
+        the new one.
         Raises DuplicateDelivery when the delivery was recorded before; nothing is written then.
         """
         created, _ = await self.enqueue_superseding(jobs, delivery=delivery, supersede=supersede)
@@ -311,12 +356,12 @@ class Jobs:
             )
 
     async def cancel(self, job_id: int) -> bool:
-        """queued -> cancelled; False when the job is not queued (running or finished)."""
+        """queued or waiting -> cancelled; False when the job is running or finished."""
         now = utcnow()
         async with self.db.transaction() as conn:
             cursor = await conn.execute(
                 "UPDATE jobs SET state = 'cancelled', finished_at = ?, updated_at = ?"
-                " WHERE id = ? AND state = 'queued'",
+                " WHERE id = ? AND state IN ('queued', 'waiting')",
                 (now, now, job_id),
             )
             return cursor.rowcount == 1
