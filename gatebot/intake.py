@@ -206,4 +206,6 @@ def plan_rollback(event: CommentCommand, ask: CommentAsk, facts: ReleaseFacts) -
 def _projects(
     settings: Settings, forge: str, repo: str, allowed: frozenset[str] | None
 ) -> list[ProjectSettings]:
-    return [p for p in settings.projects_for(forge, repo) if allowed is None or p.name in allowed]
+    return [
+        p for p in settings.projects_for(forge, repo) if allowed is None or p.name in allowed
+    ]

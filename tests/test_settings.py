@@ -25,12 +25,8 @@ MINIMAL_PROJECT = 'name = "shop"\nrepo = "https://example.com/acme/shop.git"\nba
 
 
 def project(**overrides: Any) -> dict[str, Any]:
-    return {
-        "name": "shop",
-        "repo": "https://example.com/acme/shop.git",
-        "base_port": 3100,
-        **overrides,
-    }
+    return {"name": "shop", "repo": "https://example.com/acme/shop.git", "base_port": 3100,
+            **overrides}
 
 
 def parse(raw: dict[str, Any], tmp_path: Path, environ: dict[str, str] | None = None) -> Any:
@@ -310,9 +306,8 @@ def test_missing_file(tmp_path: Path) -> None:
     assert str(caught.value) == f"{path}: file not found"
 
 
-@pytest.mark.parametrize(
-    "listen", ["127.0.0.1", "8088", ":8088", "host:port", "127.0.0.1:0", "127.0.0.1:70000"]
-)
+@pytest.mark.parametrize("listen", ["127.0.0.1", "8088", ":8088", "host:port", "127.0.0.1:0",
+                                    "127.0.0.1:70000"])
 def test_server_listen_must_be_host_port(tmp_path: Path, listen: str) -> None:
     assert "server.listen: must be HOST:PORT" in config_error(
         {"server": {"listen": listen}}, tmp_path

@@ -1,5 +1,6 @@
 """Background forge calls, tracked so that tests can wait for them and shutdown can bound them."""
 
+
 from __future__ import annotations
 
 import asyncio

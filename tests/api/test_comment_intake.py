@@ -210,3 +210,4 @@ async def test_a_locked_database_gets_503_with_retry_after_within_the_limit_and_
             break
         await asyncio.sleep(0.05)
     assert [(j.sha, j.delivery_id) for j in jobs] == [("7" * 40, "during-the-lock")]
+

@@ -294,7 +294,6 @@ async def test_find_by_version_v_prefix_and_sha_prefix(store: Store) -> None:
     two = await live(store.deployments, sha=SHA_B, color="green")
     three = await live(store.deployments, sha=SHA_C)
     blog = await live(store.deployments, project="blog", sha=SHA_C)
-
     def ids(*found: Deployment | None) -> list[int | None]:
         return [d.id if d else None for d in found]
 
