@@ -24,6 +24,7 @@ from prometheus_client.exposition import generate_latest
 from gatebot.api.errors import Handler
 from gatebot.api.keys import ENGINE
 from gatebot.forges.base import CommitRef, DeployState, ForgeClient, RepoRef, StatusTarget
+from gatebot.gate import Check
 from gatebot.model import JobKind, JobState
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.health import listen_to_probes
@@ -217,6 +218,9 @@ class CountedForge:
 
     async def may_deploy(self, repo: RepoRef, username: str, user_id: int | None) -> bool:
         return await self._count(self.client.may_deploy(repo, username, user_id))
+
+    async def commit_checks(self, commit: CommitRef) -> list[Check]:
+        return await self._count(self.client.commit_checks(commit))
 
     async def close(self) -> None:
         await self.client.close()
