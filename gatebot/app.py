@@ -2,8 +2,9 @@
 
 `create_app(settings)` builds the app (webhooks, the REST API, deployment pages, metrics, probes);
 its cleanup context opens the engine (database, Docker),
-runs start-up reconciliation and recovers interrupted jobs before deploys run, starts the queue,
-and on shutdown lets running deploys finish (bounded by [queue] shutdown_timeout). When that
+runs start-up reconciliation and recovers interrupted jobs before deploys run, starts the queue
+and the gate watcher (`gatebot.gatewatch`, jobs waiting for their commit's checks), and on
+shutdown lets running deploys finish (bounded by [queue] shutdown_timeout). When that
 start fails (Docker unreachable, nginx refusing the reconciled files, a locked database), the
 server still serves and tries again every STARTUP_RETRY_SECONDS; /readyz says why it waits.
 """
@@ -19,10 +20,11 @@ from aiohttp import web
 
 from gatebot.api import pages, probes, v1, webhooks
 from gatebot.api.errors import error_middleware
-from gatebot.api.keys import ENGINE, FEEDBACK, QUEUE, SECRETS, SETTINGS
+from gatebot.api.keys import ENGINE, FEEDBACK, GATES, QUEUE, SECRETS, SETTINGS
 from gatebot.errors import GatebotError, RuntimeUnavailable
 from gatebot.feedback import Feedback
 from gatebot.feedback.comments import comment_runner
+from gatebot.gatewatch import GateWatcher
 from gatebot.logs import secrets_of
 from gatebot.metrics import METRICS, Metrics, MetricsObserver, counted, webhook_metrics
 from gatebot.metrics import routes as metrics_routes
@@ -57,7 +59,9 @@ def create_app(settings: Settings, *, observers: ObserverFactory | None = None) 
     async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
         async with open_engine(settings) as engine, open_forges(settings) as forges:
             engine.proxy.on_reload = metrics.nginx_reload
-            feedback = Feedback.over(settings, counted(forges, metrics))
+            clients = counted(forges, metrics)
+            feedback = Feedback.over(settings, clients)
+            gates = GateWatcher(settings, engine.store, clients)
             queue = JobQueue(
                 engine,
                 settings.queue,
@@ -65,12 +69,16 @@ def create_app(settings: Settings, *, observers: ObserverFactory | None = None) 
                 [
                     MetricsObserver(metrics),
                     feedback.statuses,
+                    gates,
                     *(observers(settings, engine) if observers else []),
                 ],
             )
+            gates.queue = queue
             app[ENGINE] = engine
             app[QUEUE] = queue
             app[FEEDBACK] = feedback
+            app[GATES] = gates
+            gates.start()  # waiting jobs are looked at again at once: they survive a restart
             starter: asyncio.Task[None] | None = None
             if not await start_work(engine, queue):
                 starter = asyncio.create_task(retry_start(engine, queue))
@@ -79,6 +87,7 @@ def create_app(settings: Settings, *, observers: ObserverFactory | None = None) 
                 starter.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await starter
+            await gates.stop()
             await queue.stop()
             await feedback.close()
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gatebot.commands import USAGE, CommandError, RollbackCommand, choose_project, parse_comment
-from gatebot.events import CommentCommand, Push
+from gatebot.events import ChecksChanged, CommentCommand, Push
+from gatebot.gate import gate_record
 from gatebot.model import CommentRef, JobKind, Origin, OriginKind
 from gatebot.settings import ProjectSettings, Settings
 from gatebot.store.jobs import NewJob
@@ -102,12 +103,24 @@ def plan_push(settings: Settings, push: Push, allowed: frozenset[str] | None = N
         installation_id=push.installation_id,
         project_id=push.project_id,
     )
-    return Intake(
-        jobs=[
-            NewJob(project=p.name, kind=JobKind.DEPLOY, sha=push.sha, origin=origin)
-            for p in tracked
-        ]
-    )
+    return Intake(jobs=[push_job(p, push.sha, origin) for p in tracked])
+
+
+def push_job(project: ProjectSettings, sha: str, origin: Origin) -> NewJob:
+    """The deploy job of a pushed (or polled) commit: waiting for its checks when gated."""
+    gate = gate_record(project.gate.checks, None, None) if project.gate is not None else None
+    return NewJob(project=project.name, kind=JobKind.DEPLOY, sha=sha, origin=origin, gate=gate)
+
+
+def plan_checks(
+    settings: Settings, event: ChecksChanged, allowed: frozenset[str] | None = None
+) -> Intake:
+    """A commit's checks changed: nothing to queue; gated projects of the repository have
+    their waiting jobs looked at again (the caller pokes the gate watcher)."""
+    gated = [p for p in _projects(settings, event.forge, event.repo, allowed) if p.gate]
+    if not gated:
+        return Intake(ignored=f"no gated project tracks {event.repo}")
+    return Intake(ignored=f"checks of {event.sha[:12]} changed; waiting jobs are looked at again")
 
 
 # --- comments -------------------------------------------------------------------------------

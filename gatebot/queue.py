@@ -108,6 +108,10 @@ class JobQueue:
     def wake(self) -> None:
         self._wake.set()
 
+    async def announce(self, method: str, *args: object) -> None:
+        """Tell the observers of a change made outside the queue (a gate opened or failed)."""
+        await self._notify(method, *args)
+
     # --- running --------------------------------------------------------------------------
 
     async def start(self) -> None:

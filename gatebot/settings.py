@@ -185,10 +185,6 @@ class GateSettings(_Model):
             raise ValueError('check names must not be empty (or write checks = "all")')
         return value
 
-    def describe(self) -> str:
-        """What a waiting job waits for, in words: "test, lint" or "all checks"."""
-        return "all checks" if self.checks == "all" else ", ".join(self.checks)
-
 
 # A project's poll_interval when none is set and no webhook secret reaches it.
 DEFAULT_POLL_INTERVAL = 60.0

@@ -19,9 +19,9 @@ from collections.abc import Callable
 from aiohttp import web
 
 from gatebot.api.errors import ApiError
-from gatebot.api.keys import ENGINE, FEEDBACK, QUEUE, SETTINGS
+from gatebot.api.keys import ENGINE, FEEDBACK, GATES, QUEUE, SETTINGS
 from gatebot.errors import GatebotError
-from gatebot.events import CommentCommand, Event, Ignored, Ping, Push
+from gatebot.events import ChecksChanged, CommentCommand, Event, Ignored, Ping, Push
 from gatebot.forges.errors import WebhookRejected
 from gatebot.forges.github import sansio as github
 from gatebot.forges.gitlab import sansio as gitlab
@@ -32,6 +32,7 @@ from gatebot.intake import (
     ReleaseFacts,
     candidate_secrets,
     has_own_secrets,
+    plan_checks,
     plan_push,
     plan_rollback,
     read_comment,
@@ -166,6 +167,8 @@ async def accept(
         intake = plan_push(settings, event, allowed)
     elif isinstance(event, CommentCommand):
         intake, permitted = await comment_intake(request, event, allowed)
+    elif isinstance(event, ChecksChanged):
+        intake = plan_checks(settings, event, allowed)
     jobs, reason = intake.jobs, intake.ignored
     if isinstance(event, CommentCommand) and permitted is False:
         jobs, reason = [], f"{event.author} may not deploy {intake.project}"
@@ -200,6 +203,8 @@ async def accept(
         ) from None
     if isinstance(event, CommentCommand) and intake.project is not None:
         answer_comment(request, event, intake, permitted)
+    if isinstance(event, ChecksChanged):
+        request.app[GATES].poke()  # the verdict is read from the forge's API, never the payload
     if isinstance(event, Ping):
         return web.json_response({"ok": True, "event": "ping"})
     if not created:

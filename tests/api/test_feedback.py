@@ -44,8 +44,13 @@ def with_forges(
     github: str | None = None,
     gitlab: str | None = None,
     sections: dict[str, dict[str, Any]] | None = None,
+    project: dict[str, Any] | None = None,
 ) -> Settings:
+    """`settings` with API credentials for the fake forges at `github` / `gitlab`, sections
+    updated, and the (first) project updated with `project` (a gate needs the credentials)."""
     raw = settings.model_dump(mode="json")
+    if project:
+        raw["projects"][0].update(project)
     raw["github"]["webhook_secret"] = settings.github.webhook_secret.get_secret_value()  # type: ignore[union-attr]
     raw["gitlab"]["webhook_token"] = GITLAB_TOKEN
     raw["gitlab"].pop("webhook_signing_token", None)
