@@ -24,8 +24,9 @@ from gatebot.api.errors import ApiError
 from gatebot.api.keys import ENGINE, QUEUE, SECRETS, SETTINGS
 from gatebot.api.openapi import MAX_ID, SPEC
 from gatebot.api.views import busy_view, deployment_view, job_view, project_view, step_view
-from gatebot.errors import NothingToRollBack, RuntimeUnavailable, UnknownProject
-from gatebot.model import JobKind, JobState, Status
+from gatebot.errors import NothingToRollBack, RuntimeUnavailable, SourceError, UnknownProject
+from gatebot.intake import push_job
+from gatebot.model import JobKind, JobState, Origin, Status
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.rollback import choose_target
 from gatebot.settings import ProjectSettings
@@ -171,6 +172,27 @@ async def project_summary(engine: Engine, project: ProjectSettings) -> dict[str,
     return project_view(project, active, busy, queued)
 
 
+async def gated_deploy(
+    engine: Engine, project: ProjectSettings, origin: Origin, sha: str | None, skip_gate: bool
+) -> tuple[NewJob, str]:
+    """An operator's deploy job, and its audit detail. For a gated project it waits for the
+    commit's checks like a push (the branch head is asked for with git ls-remote when no sha
+    is given), unless the gate is skipped explicitly."""
+    what = f"sha {sha}" if sha else f"head of {project.branch}"
+    if project.gate is None:
+        return NewJob(project.name, JobKind.DEPLOY, origin, sha=sha), what
+    if skip_gate:
+        return NewJob(project.name, JobKind.DEPLOY, origin, sha=sha), f"{what}, gate skipped"
+    if sha is None:
+        try:
+            sha = await engine.source.remote_head(project.repo, project.branch)
+        except SourceError as exc:
+            raise ApiError(503, f"cannot read the head of {project.branch}: {exc}") from None
+        if sha is None:
+            raise ApiError(422, f"branch {project.branch!r} does not exist in the repository")
+    return push_job(project, sha, origin), f"{what}, waiting for checks"
+
+
 async def find_deployment(engine: Engine, deployment_id: int) -> Deployment:
     found = await engine.store.deployments.get(deployment_id)
     if found is None:
@@ -215,15 +237,18 @@ async def queue_job(request: web.Request, new: NewJob, detail: str) -> web.Respo
 @requires("deploy")
 async def post_deploy(request: web.Request) -> web.Response:
     body = await read_object(request, required=True)
-    only_fields(body, "projectId", "sha")
+    only_fields(body, "projectId", "sha", "skipGate")
     name = string_field(body, "projectId", required=True)
     sha = string_field(body, "sha", pattern=SHA)
+    skip_gate = body.get("skipGate", False)
+    if not isinstance(skip_gate, bool):
+        raise ApiError(400, "skipGate must be true or false")
     assert name is not None
     project = known_project(request, name)
     engine = request.app[ENGINE]
     await refuse_if_busy(engine, project.name)
-    new = NewJob(project=project.name, kind=JobKind.DEPLOY, origin=origin_of(request), sha=sha)
-    return await queue_job(request, new, f"sha {sha}" if sha else f"head of {project.branch}")
+    new, detail = await gated_deploy(engine, project, origin_of(request), sha, skip_gate)
+    return await queue_job(request, new, detail)
 
 
 @routes.post("/api/v1/projects/{name}/rollback")

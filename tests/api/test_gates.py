@@ -12,6 +12,7 @@ from gatebot.app import create_app
 from gatebot.model import JobState
 from tests.api.conftest import ClientFactory, server_settings
 from tests.api.test_feedback import Client, github, settle, with_forges
+from tests.api.test_v1 import auth
 from tests.api.test_webhooks import post_github
 from tests.conftest import Setup
 from tests.deliveries import github_push_payload
@@ -221,3 +222,32 @@ async def _state_is(client: Client, job_id: int, state: JobState) -> bool:
 async def _gate_checked(client: Client, job_id: int) -> bool:
     job = await client.app[ENGINE].store.jobs.get(job_id)
     return job is not None and job.gate is not None and job.gate.get("checkedAt") is not None
+
+
+async def test_an_api_deploy_of_a_gated_project_waits_unless_it_skips_the_gate(
+    start_server: ClientFactory, setup: Setup, github: tuple[FakeGitHub, str]
+) -> None:
+    fake, url = github
+    client, repo = await github_server(start_server, setup, fake, url, gate(["test"]))
+    sha = setup.repo.commit("v1")
+    headers = await auth(client, "deploy")
+    answer = await client.post("/api/v1/deploy", json={"projectId": setup.name}, headers=headers)
+    assert answer.status == 202
+    waiting = await answer.json()
+    assert waiting["state"] == "waiting" and waiting["sha"] == sha  # the head, by ls-remote
+    assert waiting["gate"]["required"] == ["test"]
+    bad = {"projectId": setup.name, "skipGate": "yes"}
+    assert (await client.post("/api/v1/deploy", json=bad, headers=headers)).status == 400
+
+    skip = {"projectId": setup.name, "sha": sha, "skipGate": True}
+    answer = await client.post("/api/v1/deploy", json=skip, headers=headers)
+    assert answer.status == 202
+    skipped = await answer.json()
+    assert skipped["state"] == "queued" and skipped["gate"] is None
+    assert await job_state(client, waiting["id"]) is JobState.WAITING  # not a push: stays
+    await until(lambda: _state_is(client, skipped["id"], JobState.SUCCEEDED), what="the deploy")
+    assert await eventually_live(setup, "v1") == "v1"
+    audit = await client.app[ENGINE].store.audit.recent()
+    details = [entry.detail for entry in audit]
+    assert f"sha {sha}, gate skipped" in details
+    assert "head of main, waiting for checks" in details
