@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
+from gatebot.errors import ConfigError
 from gatebot.gate import Check, check_run, commit_status, gitlab_status, judge
+from gatebot.settings import parse_settings
 
 
 def verdict(required, checks, waited=0.0, settle=30.0, timeout=3600.0):  # type: ignore[no-untyped-def]
@@ -105,3 +111,34 @@ def test_gitlab_states() -> None:
     assert gitlab_status("t", "manual", False).outcome == "pending"
     assert gitlab_status("t", "manual", True).outcome == "passed"
     assert isinstance(gitlab_status("t", "created", False), Check)
+
+
+def test_a_gate_without_the_forges_api_credentials_is_refused_naming_the_field() -> None:
+    project = {
+        "name": "shop",
+        "repo": "https://github.com/acme/shop.git",
+        "base_port": 3100,
+        "gate": {"checks": ["test"]},
+    }
+    with pytest.raises(ConfigError) as refused:
+        parse_settings({"projects": [project]}, source=Path("gatebot.toml"))
+    assert "projects[0] (shop).gate" in str(refused.value)
+    assert "[github] token" in str(refused.value)
+    gitlab = {**project, "forge": "gitlab", "forge_repo": "acme/shop"}
+    with pytest.raises(ConfigError, match=r"\[gitlab\] token"):
+        parse_settings({"projects": [gitlab]}, source=Path("gatebot.toml"))
+    ok = parse_settings(
+        {"projects": [project], "github": {"token": "t"}}, source=Path("gatebot.toml")
+    )
+    assert ok.projects[0].gate is not None and ok.projects[0].gate.timeout == 3600
+
+
+def test_gate_check_names_must_not_be_empty() -> None:
+    project = {
+        "name": "shop",
+        "repo": "https://github.com/acme/shop.git",
+        "base_port": 3100,
+        "gate": {"checks": [" "]},
+    }
+    with pytest.raises(ConfigError, match=r"projects\[0\] \(shop\)\.gate\.checks"):
+        parse_settings({"projects": [project], "github": {"token": "t"}}, source=Path("g.toml"))
