@@ -106,6 +106,20 @@ def plan_push(settings: Settings, push: Push, allowed: frozenset[str] | None = N
     return Intake(jobs=[push_job(p, push.sha, origin) for p in tracked])
 
 
+NOT_NEWER = "older than the live commit"
+
+
+def forward_only(intake: Intake, not_newer: frozenset[str]) -> Intake:
+    """`intake` without the jobs of the projects in `not_newer`: those whose live commit, or
+    an older once-live one, is the pushed commit (a late or replayed delivery). Whether the
+    commit is an ancestor of the live one needs git: that is decided when the job runs
+    (`gatebot.pipeline.forward`)."""
+    kept = [job for job in intake.jobs if job.project not in not_newer]
+    if intake.jobs and not kept:
+        return Intake(ignored=NOT_NEWER)
+    return Intake(jobs=kept, ignored=intake.ignored, answer=intake.answer, project=intake.project)
+
+
 def push_job(project: ProjectSettings, sha: str, origin: Origin) -> NewJob:
     """The deploy job of a pushed (or polled) commit: waiting for its checks when gated."""
     gate = gate_record(project.gate.checks, None, None) if project.gate is not None else None
@@ -219,6 +233,4 @@ def plan_rollback(event: CommentCommand, ask: CommentAsk, facts: ReleaseFacts) -
 def _projects(
     settings: Settings, forge: str, repo: str, allowed: frozenset[str] | None
 ) -> list[ProjectSettings]:
-    return [
-        p for p in settings.projects_for(forge, repo) if allowed is None or p.name in allowed
-    ]
+    return [p for p in settings.projects_for(forge, repo) if allowed is None or p.name in allowed]

@@ -31,6 +31,7 @@ from gatebot.intake import (
     Intake,
     ReleaseFacts,
     candidate_secrets,
+    forward_only,
     has_own_secrets,
     plan_checks,
     plan_push,
@@ -135,6 +136,14 @@ async def release_facts(deployments: Deployments, project: str, sha: str) -> Rel
     )
 
 
+async def push_intake(request: web.Request, event: Push, allowed: frozenset[str] | None) -> Intake:
+    """The jobs a push asks for, without those that would move a project backwards."""
+    intake = plan_push(request.app[SETTINGS], event, allowed)
+    deployments = request.app[ENGINE].store.deployments
+    old = {j.project for j in intake.jobs if await deployments.not_newer(j.project, event.sha)}
+    return forward_only(intake, frozenset(old))
+
+
 async def comment_intake(
     request: web.Request, event: CommentCommand, allowed: frozenset[str] | None
 ) -> tuple[Intake, bool | None]:
@@ -164,7 +173,7 @@ async def accept(
     elif isinstance(event, Ignored):
         name, intake = event.event_name, Intake(ignored=event.reason)
     elif isinstance(event, Push):
-        intake = plan_push(settings, event, allowed)
+        intake = await push_intake(request, event, allowed)
     elif isinstance(event, CommentCommand):
         intake, permitted = await comment_intake(request, event, allowed)
     elif isinstance(event, ChecksChanged):

@@ -159,7 +159,9 @@ class StatusObserver:
     async def job_finished(self, job: Job, deployment: Deployment | None) -> None:
         sha = (deployment.commit_sha if deployment else None) or job.sha
         dep_id = deployment.id if deployment else job.deployment_id
-        if job.state is JobState.FAILED and job.gate is not None and deployment is None:
+        if job.state is JobState.SUPERSEDED:  # its commit was not newer than the live one
+            self.status(job, sha, "superseded", public_reason(job.error or "superseded"))
+        elif job.state is JobState.FAILED and job.gate is not None and deployment is None:
             self.status(job, sha, "failed", public_reason(job.error or "checks failed"))
         elif job.state is JobState.SUCCEEDED and deployment is not None:
             self.status(

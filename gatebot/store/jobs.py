@@ -240,6 +240,28 @@ class Jobs:
         rows = list(rows)
         return Job.from_row(rows[0]) if rows else None
 
+    async def superseded_by(self, job_id: int) -> list[Job]:
+        """The jobs `job_id` superseded when it arrived, oldest first."""
+        rows = await self.db.fetchall(
+            "SELECT * FROM jobs WHERE superseded_by = ? AND state = 'superseded' ORDER BY id",
+            (job_id,),
+        )
+        return [Job.from_row(r) for r in rows]
+
+    async def revive(self, job_id: int) -> Job | None:
+        """superseded -> queued (or waiting, when gated: the watcher judges it again): it holds
+        a descendant of the commit of the job that superseded it on arrival. None when it is
+        not superseded."""
+        async with self.db.transaction() as conn:
+            rows = await conn.execute_fetchall(
+                "UPDATE jobs SET state = CASE WHEN gate IS NULL THEN 'queued' ELSE 'waiting' END,"
+                " superseded_by = NULL, finished_at = NULL, updated_at = ?"
+                " WHERE id = ? AND state = 'superseded' RETURNING *",
+                (utcnow(), job_id),
+            )
+        rows = list(rows)
+        return Job.from_row(rows[0]) if rows else None
+
     async def counts(self, project: str | None = None) -> dict[str, int]:
         """Jobs per state (of one project, if given)."""
         if project is None:
@@ -336,15 +358,18 @@ class Jobs:
         *,
         deployment_id: int | None = None,
         error: str | None = None,
+        superseded_by: int | None = None,
     ) -> Job:
-        if state not in (JobState.SUCCEEDED, JobState.FAILED):
+        """running -> succeeded | failed | superseded (its commit was not newer, NotNewer)."""
+        if state not in (JobState.SUCCEEDED, JobState.FAILED, JobState.SUPERSEDED):
             raise ValueError(state)
         now = utcnow()
         async with self.db.transaction() as conn:
             await conn.execute(
                 "UPDATE jobs SET state = ?, deployment_id = COALESCE(?, deployment_id),"
-                " error = ?, finished_at = ?, updated_at = ? WHERE id = ? AND state = 'running'",
-                (str(state), deployment_id, error, now, now, job_id),
+                " error = ?, superseded_by = COALESCE(?, superseded_by), finished_at = ?,"
+                " updated_at = ? WHERE id = ? AND state = 'running'",
+                (str(state), deployment_id, error, superseded_by, now, now, job_id),
             )
         return await self.require(job_id)
 
