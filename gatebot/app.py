@@ -2,8 +2,9 @@
 
 `create_app(settings)` builds the app (webhooks, the REST API, deployment pages, metrics, probes);
 its cleanup context opens the engine (database, Docker),
-runs start-up reconciliation and recovers interrupted jobs before deploys run, starts the queue
-and the gate watcher (`gatebot.gatewatch`, jobs waiting for their commit's checks), and on
+runs start-up reconciliation and recovers interrupted jobs before deploys run, starts the queue,
+the gate watcher (`gatebot.gatewatch`, jobs waiting for their commit's checks) and the poller
+(`gatebot.poll`, branch heads no webhook announced), and on
 shutdown lets running deploys finish (bounded by [queue] shutdown_timeout). When that
 start fails (Docker unreachable, nginx refusing the reconciled files, a locked database), the
 server still serves and tries again every STARTUP_RETRY_SECONDS; /readyz says why it waits.
@@ -31,6 +32,7 @@ from gatebot.metrics import routes as metrics_routes
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.jobs import run_job
 from gatebot.pipeline.reconcile import reconcile
+from gatebot.poll import Poller
 from gatebot.queue import JobObserver, JobQueue
 from gatebot.settings import Settings
 from gatebot.wiring import open_engine, open_forges
@@ -79,6 +81,8 @@ def create_app(settings: Settings, *, observers: ObserverFactory | None = None) 
             app[FEEDBACK] = feedback
             app[GATES] = gates
             gates.start()  # waiting jobs are looked at again at once: they survive a restart
+            poller = Poller(settings, engine, queue)
+            poller.start()  # the branch heads at once, then every poll_interval
             starter: asyncio.Task[None] | None = None
             if not await start_work(engine, queue):
                 starter = asyncio.create_task(retry_start(engine, queue))
@@ -87,6 +91,7 @@ def create_app(settings: Settings, *, observers: ObserverFactory | None = None) 
                 starter.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await starter
+            await poller.stop()
             await gates.stop()
             await queue.stop()
             await feedback.close()
