@@ -31,6 +31,11 @@ async def ensure_forward(engine: Engine, job: Job) -> None:
         return
     project = engine.settings.project(job.project)
     sha = job.sha
+    active = await engine.store.deployments.active(project.name)
+    live = active.commit_sha if active is not None else None
+    replaced = await engine.store.jobs.superseded_by(job.id)
+    if live is None and not replaced:
+        return  # nothing to compare with: no fetch needed
     async with engine.locks.hold(project.name, f"checking that {sha[:12]} is new"):
         full = await engine.source.fetch(project.name, project.repo, project.branch, sha)
         active = await engine.store.deployments.active(project.name)
@@ -39,7 +44,7 @@ async def ensure_forward(engine: Engine, job: Job) -> None:
             raise NotNewer(f"{full[:12]} is not newer than the live commit {live[:12]}")
         newer = [
             other
-            for other in await engine.store.jobs.superseded_by(job.id)
+            for other in replaced
             if other.sha
             and other.kind is JobKind.DEPLOY
             and other.sha != full
