@@ -11,16 +11,17 @@ from gatebot.api.keys import ENGINE, GATES, QUEUE
 from gatebot.app import create_app
 from gatebot.model import JobState
 from tests.api.conftest import ClientFactory, server_settings
-from tests.api.test_feedback import Client, github, settle, with_forges
+from tests.api.test_feedback import Client, github, gitlab, settle, with_forges
 from tests.api.test_v1 import auth
 from tests.api.test_webhooks import post_github
 from tests.conftest import Setup
-from tests.deliveries import github_push_payload
+from tests.deliveries import github_push_payload, gitlab_delivery, gitlab_push_payload
 from tests.fakes.github import FakeGitHub
+from tests.fakes.gitlab import FakeGitLab
 from tests.forges import fixture
 from tests.pipeline.test_deploy import eventually_live
 
-__all__ = ["github"]  # the fake GitHub fixture
+__all__ = ["github", "gitlab"]  # the fake forge fixtures
 
 FAST = {"timeout": 30, "poll": 0.2, "settle": 0.3}
 
@@ -251,3 +252,54 @@ async def test_an_api_deploy_of_a_gated_project_waits_unless_it_skips_the_gate(
     details = [entry.detail for entry in audit]
     assert f"sha {sha}, gate skipped" in details
     assert "head of main, waiting for checks" in details
+
+
+async def test_a_gated_gitlab_push_deploys_when_its_pipeline_passes(
+    start_server: ClientFactory, setup: Setup, gitlab: tuple[FakeGitLab, str]
+) -> None:
+    fake, url = gitlab
+    repo = f"acme/{setup.name}"
+    fake.add_project(repo, 15)  # the fixture's project id
+    settings = with_forges(
+        server_settings(setup, forge="gitlab"), gitlab=url, project=gate(["test"], poll=3600)
+    )
+    client = await start_server(settings)
+    sha = setup.repo.commit("v1")
+    job = fake.add_pipeline_job(15, sha, "test", "running")
+    body, headers = gitlab_delivery(gitlab_push_payload(repo, sha))
+    answer = await client.post("/webhooks/gitlab", data=body, headers=headers)
+    assert answer.status == 202
+    job_id = (await answer.json())["queued"][0]["job"]
+    await until(lambda: _gate_checked(client, job_id), what="the first look")
+    assert await job_state(client, job_id) is JobState.WAITING
+    fake.update_pipeline_job(job, "success")
+    hook = fixture("gitlab_pipeline.json")
+    hook["project"]["path_with_namespace"] = repo
+    hook["object_attributes"]["sha"] = sha
+    body, headers = gitlab_delivery(hook, event="Pipeline Hook")
+    assert (await client.post("/webhooks/gitlab", data=body, headers=headers)).status == 200
+    await until(lambda: _state_is(client, job_id, JobState.SUCCEEDED), what="the deploy")
+    assert await eventually_live(setup, "v1") == "v1"
+    await settle(client)
+    names = {s["name"] for s in fake.statuses(15, sha)}
+    assert names == {"test", f"gatebot/{setup.name}"}
+
+
+async def test_a_polled_commit_of_a_gated_project_waits_for_its_checks_too(
+    start_server: ClientFactory, setup: Setup, github: tuple[FakeGitHub, str]
+) -> None:
+    fake, url = github
+    sha = setup.repo.commit("v1")  # no webhook: polling finds it at start-up
+    client, repo = await github_server(
+        start_server, setup, fake, url, {**gate(["test"]), "poll_interval": 3600}
+    )
+    await until(lambda: _has_jobs(client), what="the polled job")
+    [job] = await client.app[ENGINE].store.jobs.recent(project=setup.name)
+    assert (job.trigger, job.state) == ("poll:main", JobState.WAITING)
+    fake.add_check_run(repo, sha, "test", "completed", "success")
+    await until(lambda: _state_is(client, job.id, JobState.SUCCEEDED), what="the deploy")
+    assert await eventually_live(setup, "v1") == "v1"
+
+
+async def _has_jobs(client: Client) -> bool:
+    return bool(await client.app[ENGINE].store.jobs.recent(limit=1))
