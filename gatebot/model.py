@@ -14,6 +14,7 @@ Job states:
 
     waiting -> queued (the commit's checks passed) | failed (a check failed, or the gate timed out)
     queued -> running -> succeeded | failed
+              running -> superseded (a push whose commit is not newer than the live one)
     queued | waiting -> superseded (a newer push for the project) | cancelled (an operator)
 
 A push job of a gated project (`[projects.gate]`) starts `waiting`; every other job `queued`.
