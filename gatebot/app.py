@@ -4,7 +4,9 @@
 its cleanup context opens the engine (database, Docker, nginx, git) and the forge clients
 through the openers it is given (gatebot/wiring.py's by default),
 runs start-up reconciliation and recovers interrupted jobs before deploys run, starts the queue,
-and on shutdown lets running deploys finish (bounded by [queue] shutdown_timeout). When that
+the gate watcher (`gatebot.gatewatch`, jobs waiting for their commit's checks) and the poller
+(`gatebot.poll`, branch heads no webhook announced), and on
+shutdown lets running deploys finish (bounded by [queue] shutdown_timeout). When that
 start fails (Docker unreachable, nginx refusing the reconciled files, a locked database), the
 server still serves and tries again every STARTUP_RETRY_SECONDS; /readyz says why it waits.
 """
@@ -25,14 +27,16 @@ from gatebot import wiring
 from gatebot.api import dashboard, pages, probes, v1, webhooks
 from gatebot.api import metrics as metrics_api
 from gatebot.api.errors import body_reader, error_middleware
-from gatebot.api.keys import ENGINE, FEEDBACK, METRICS, QUEUE, SECRETS, SETTINGS
+from gatebot.api.keys import ENGINE, FEEDBACK, GATES, METRICS, QUEUE, SECRETS, SETTINGS
 from gatebot.errors import GatebotError, RuntimeUnavailable
 from gatebot.feedback import Feedback
 from gatebot.feedback.comments import comment_runner
+from gatebot.gatewatch import GateWatcher
 from gatebot.metrics import Metrics, MetricsObserver, counted
 from gatebot.pipeline.engine import Engine, EngineListeners
 from gatebot.pipeline.jobs import run_job
 from gatebot.pipeline.reconcile import reconcile
+from gatebot.poll import Poller
 from gatebot.queue import JobObserver, JobQueue
 from gatebot.redact import secrets_of
 from gatebot.settings import Settings
@@ -78,7 +82,9 @@ def create_app(
             open_engine(settings, metrics.engine_listeners()) as engine,
             open_forges(settings) as forges,
         ):
-            feedback = Feedback.over(settings, counted(forges, metrics))
+            clients = counted(forges, metrics)
+            feedback = Feedback.over(settings, clients)
+            gates = GateWatcher(settings, engine.store, clients)
             queue = JobQueue(
                 engine,
                 settings.queue,
@@ -86,12 +92,18 @@ def create_app(
                 [
                     MetricsObserver(metrics),
                     feedback.statuses,
+                    gates,
                     *(observers(settings, engine) if observers else []),
                 ],
             )
+            gates.queue = queue
             app[ENGINE] = engine
             app[QUEUE] = queue
             app[FEEDBACK] = feedback
+            app[GATES] = gates
+            gates.start()  # waiting jobs are looked at again at once: they survive a restart
+            poller = Poller(settings, engine, queue)
+            poller.start()  # the branch heads at once, then every poll_interval
             starter: asyncio.Task[None] | None = None
             if not await start_work(engine, queue):
                 starter = asyncio.create_task(retry_start(engine, queue))
@@ -102,6 +114,8 @@ def create_app(
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
+            await poller.stop()
+            await gates.stop()
             await queue.stop()
             await feedback.close()
 

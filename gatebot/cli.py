@@ -24,7 +24,7 @@ from gatebot.logs import configure_logging
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.journal import JournalEvent
 from gatebot.redact import redact, secrets_of
-from gatebot.settings import Settings, config_path, load_settings
+from gatebot.settings import ProjectSettings, Settings, config_path, load_settings
 from gatebot.store.deployments import Deployment
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     deploy = commands.add_parser("deploy", help="build and deploy a project's commit")
     deploy.add_argument("project")
     deploy.add_argument("--sha", help="exact commit to deploy (default: the branch head)")
+    deploy.add_argument(
+        "--skip-gate",
+        action="store_true",
+        help="a gated project: deploy without checking the commit's checks (audited)",
+    )
 
     rollback = commands.add_parser("rollback", help="bring an earlier release back")
     rollback.add_argument("project")
@@ -260,11 +265,20 @@ async def cmd_deploy(engine: Engine, args: argparse.Namespace, console: Console)
     from gatebot.pipeline.deploy import deploy
 
     await _preflight(engine, args.project, console)
-    console.say(f"{args.project}: deploying {args.sha or 'branch head'}")
+    sha = args.sha
+    project = engine.settings.project(args.project)
+    if project.gate is not None and args.skip_gate:
+        what = f"sha {sha}" if sha else f"head of {project.branch}"
+        await engine.store.audit.record(
+            _trigger(), "deploy", project=project.name, detail=f"{what}, gate skipped"
+        )
+    elif project.gate is not None:
+        sha = await gate_passed(engine, project, sha)
+    console.say(f"{args.project}: deploying {sha or 'branch head'}")
     deployment = await deploy(
         engine,
         args.project,
-        sha=args.sha,
+        sha=sha,
         trigger=_trigger(),
         listeners=[progress_printer(console)],
     )
@@ -273,6 +287,40 @@ async def cmd_deploy(engine: Engine, args: argparse.Namespace, console: Console)
         f"live on {deployment.color} (port {deployment.port})"
     )
     return EXIT_OK
+
+
+async def gate_passed(engine: Engine, project: ProjectSettings, sha: str | None) -> str:
+    """The commit to deploy (`sha`, else the branch head by git ls-remote) once its checks are
+    asked about, one time: GatebotError unless they have passed. The CLI never waits; a
+    deploy that should wait goes through the server (POST /api/v1/deploy)."""
+    from gatebot.feedback.statuses import repo_of
+    from gatebot.forges.base import CommitRef, ForgeError
+    from gatebot.gate import judge
+    from gatebot.model import Origin, OriginKind
+    from gatebot.wiring import open_forges
+
+    assert project.gate is not None
+    if sha is None:
+        sha = await engine.source.remote_head(project.repo, project.branch)
+        if sha is None:
+            raise GatebotError(f"branch {project.branch!r} does not exist in the repository")
+    commit = CommitRef(repo=repo_of(project, Origin(kind=OriginKind.CLI, who="")), sha=sha)
+    async with open_forges(engine.settings) as clients:
+        client = clients.get(project.forge)
+        if client is None:
+            raise ConfigError(f"{project.name}: a gate needs [{project.forge}] API credentials")
+        try:
+            checks = await client.commit_checks(commit)
+        except ForgeError as exc:
+            raise GatebotError(f"{project.name}: cannot read the checks: {exc}") from None
+    gate = project.gate
+    verdict = judge(gate.checks, checks, waited=gate.settle, settle=gate.settle, timeout=1e18)
+    if verdict.outcome != "passed":
+        raise GatebotError(
+            f"{project.name}: not deploying {sha[:12]}: {verdict.reason} "
+            "(deploy through the server to wait for them, or pass --skip-gate)"
+        )
+    return sha
 
 
 async def cmd_rollback(engine: Engine, args: argparse.Namespace, console: Console) -> int:

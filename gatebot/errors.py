@@ -63,6 +63,16 @@ class SourceError(GatebotError):
     """Cloning, fetching or checking out the repository failed."""
 
 
+class NotNewer(GatebotError):
+    """A push job's commit is not newer than what is live (or than a job it superseded): it
+    ends superseded, without deploying, so a late delivery never moves a project backwards.
+    `by` is the job that replaces it, when there is one."""
+
+    def __init__(self, message: str, by: int | None = None) -> None:
+        super().__init__(message)
+        self.by = by
+
+
 class ProxyError(GatebotError):
     """nginx rejected the configuration or could not be reloaded."""
 

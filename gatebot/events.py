@@ -57,6 +57,22 @@ class CommentCommand:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class ChecksChanged:
+    """A check run, check suite, commit status, pipeline or CI job of a commit changed. It says
+    only "ask the forge about this commit now": a waiting job's verdict is always read from the
+    forge's API (`gatebot.gatewatch`), so a delivery that is late, lost or replayed cannot make
+    it stale."""
+
+    forge: Forge
+    repo: str
+    sha: str
+    delivery_id: str
+    event_name: str  # "check_run", "status", "Pipeline Hook", ...
+    installation_id: int | None = None
+    project_id: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Ping:
     """The forge checks that the webhook is set up; answer 200 and do nothing else."""
 
@@ -75,4 +91,4 @@ class Ignored:
     reason: str
 
 
-Event: TypeAlias = Push | CommentCommand | Ping | Ignored
+Event: TypeAlias = Push | CommentCommand | ChecksChanged | Ping | Ignored

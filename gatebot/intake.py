@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gatebot.commands import USAGE, CommandError, RollbackCommand, choose_project, parse_comment
-from gatebot.events import CommentCommand, Push
+from gatebot.events import ChecksChanged, CommentCommand, Push
+from gatebot.gate import gate_record
 from gatebot.model import CommentRef, JobKind, Origin, OriginKind
 from gatebot.settings import ProjectSettings, Settings
 from gatebot.store.jobs import NewJob
@@ -102,12 +103,38 @@ def plan_push(settings: Settings, push: Push, allowed: frozenset[str] | None = N
         installation_id=push.installation_id,
         project_id=push.project_id,
     )
-    return Intake(
-        jobs=[
-            NewJob(project=p.name, kind=JobKind.DEPLOY, sha=push.sha, origin=origin)
-            for p in tracked
-        ]
-    )
+    return Intake(jobs=[push_job(p, push.sha, origin) for p in tracked])
+
+
+NOT_NEWER = "older than the live commit"
+
+
+def forward_only(intake: Intake, not_newer: frozenset[str]) -> Intake:
+    """`intake` without the jobs of the projects in `not_newer`: those whose live commit, or
+    an older once-live one, is the pushed commit (a late or replayed delivery). Whether the
+    commit is an ancestor of the live one needs git: that is decided when the job runs
+    (`gatebot.pipeline.forward`)."""
+    kept = [job for job in intake.jobs if job.project not in not_newer]
+    if intake.jobs and not kept:
+        return Intake(ignored=NOT_NEWER)
+    return Intake(jobs=kept, ignored=intake.ignored, answer=intake.answer, project=intake.project)
+
+
+def push_job(project: ProjectSettings, sha: str, origin: Origin) -> NewJob:
+    """The deploy job of a pushed (or polled) commit: waiting for its checks when gated."""
+    gate = gate_record(project.gate.checks, None, None) if project.gate is not None else None
+    return NewJob(project=project.name, kind=JobKind.DEPLOY, sha=sha, origin=origin, gate=gate)
+
+
+def plan_checks(
+    settings: Settings, event: ChecksChanged, allowed: frozenset[str] | None = None
+) -> Intake:
+    """A commit's checks changed: nothing to queue; gated projects of the repository have
+    their waiting jobs looked at again (the caller pokes the gate watcher)."""
+    gated = [p for p in _projects(settings, event.forge, event.repo, allowed) if p.gate]
+    if not gated:
+        return Intake(ignored=f"no gated project tracks {event.repo}")
+    return Intake(ignored=f"checks of {event.sha[:12]} changed; waiting jobs are looked at again")
 
 
 # --- comments -------------------------------------------------------------------------------
@@ -206,6 +233,4 @@ def plan_rollback(event: CommentCommand, ask: CommentAsk, facts: ReleaseFacts) -
 def _projects(
     settings: Settings, forge: str, repo: str, allowed: frozenset[str] | None
 ) -> list[ProjectSettings]:
-    return [
-        p for p in settings.projects_for(forge, repo) if allowed is None or p.name in allowed
-    ]
+    return [p for p in settings.projects_for(forge, repo) if allowed is None or p.name in allowed]

@@ -24,6 +24,7 @@ from gatebot.model import JobKind, JobState
 
 if TYPE_CHECKING:
     from gatebot.forges.base import CommitRef, DeployState, ForgeClient, RepoRef, StatusTarget
+    from gatebot.gate import Check
     from gatebot.pipeline.engine import EngineListeners
     from gatebot.pipeline.journal import JournalEvent
     from gatebot.store.deployments import Deployment
@@ -218,6 +219,9 @@ class CountedForge:
 
     async def may_deploy(self, repo: RepoRef, username: str, user_id: int | None) -> bool:
         return await self._count(self.client.may_deploy(repo, username, user_id))
+
+    async def commit_checks(self, commit: CommitRef) -> list[Check]:
+        return await self._count(self.client.commit_checks(commit))
 
     async def close(self) -> None:
         await self.client.close()

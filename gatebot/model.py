@@ -12,8 +12,12 @@ may mark an ACTIVE deployment FAILED when its container cannot be brought back.
 
 Job states:
 
+    waiting -> queued (the commit's checks passed) | failed (a check failed, or the gate timed out)
     queued -> running -> succeeded | failed
-    queued -> superseded (a newer push for the project) | cancelled (an operator)
+              running -> superseded (a push whose commit is not newer than the live one)
+    queued | waiting -> superseded (a newer push for the project) | cancelled (an operator)
+
+A push job of a gated project (`[projects.gate]`) starts `waiting`; every other job `queued`.
 """
 
 from __future__ import annotations
@@ -87,6 +91,7 @@ class Slot:
 
 
 class JobState(StrEnum):
+    WAITING = "waiting"  # for the commit's checks (a release gate)
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -95,6 +100,7 @@ class JobState(StrEnum):
     CANCELLED = "cancelled"
 
 
+PENDING_JOB_STATES = frozenset({JobState.WAITING, JobState.QUEUED})  # not started yet
 ENDED_JOB_STATES = frozenset(
     {JobState.SUCCEEDED, JobState.FAILED, JobState.SUPERSEDED, JobState.CANCELLED}
 )

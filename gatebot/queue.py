@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Protocol, TypeVar
 
-from gatebot.errors import GatebotError, LockHeld
+from gatebot.errors import GatebotError, LockHeld, NotNewer
 from gatebot.model import JobState
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.journal import JournalEvent, Listener
@@ -108,6 +108,10 @@ class JobQueue:
 
     def wake(self) -> None:
         self._wake.set()
+
+    async def announce(self, method: str, *args: object) -> None:
+        """Tell the observers of a change made outside the queue (a gate opened or failed)."""
+        await self._notify(method, *args)
 
     # --- running --------------------------------------------------------------------------
 
@@ -220,7 +224,7 @@ class JobQueue:
         try:
             await self._notify("job_started", job)
             log.info("running %s of %s", job.kind, job.project, extra=extra)
-            state, error = JobState.SUCCEEDED, None
+            state, error, by = JobState.SUCCEEDED, None, None
             try:
                 deployment = await self.runner(self.engine, job, [on_event])
             except LockHeld as busy:
@@ -230,6 +234,8 @@ class JobQueue:
                 loop.call_later(self.settings.busy_retry_seconds, self.wake)
                 await self._record(job, "put back in the queue", self.engine.store.jobs.release)
                 return
+            except NotNewer as old:  # a late delivery: never move backwards
+                state, error, by = JobState.SUPERSEDED, str(old), old.by
             except GatebotError as problem:  # StageFailed included
                 secrets = secrets_of(self.engine.settings)
                 state, error = JobState.FAILED, redact(str(problem), secrets)
@@ -243,7 +249,7 @@ class JobQueue:
 
             async def finish(job_id: int) -> Job:
                 return await self.engine.store.jobs.finish(
-                    job_id, state, deployment_id=deployment_id, error=error
+                    job_id, state, deployment_id=deployment_id, error=error, superseded_by=by
                 )
 
             finished = await self._record(job, f"marked {state}", finish)

@@ -213,6 +213,28 @@ class SiteSettings(_Model):
         return value
 
 
+class GateSettings(_Model):
+    """`[projects.gate]`: deploy a pushed commit only once its checks (CI) have passed."""
+
+    # Names of check runs / commit status contexts (GitLab: job names), or "all": every check
+    # run and status on the commit but gatebot's own.
+    checks: list[str] | Literal["all"] = Field(min_length=1)
+    timeout: float = Field(3600.0, gt=0)  # seconds to wait; then the job fails
+    settle: float = Field(30.0, ge=0)  # "all": how long to wait for checks to appear at all
+    poll: float = Field(30.0, gt=0)  # ask the forge's API this often while a job waits
+
+    @field_validator("checks")
+    @classmethod
+    def _names(cls, value: list[str] | str) -> list[str] | str:
+        if isinstance(value, list) and any(not name.strip() for name in value):
+            raise ValueError('check names must not be empty (or write checks = "all")')
+        return value
+
+
+# A project's poll_interval when none is set and no webhook secret reaches it.
+DEFAULT_POLL_INTERVAL = 60.0
+
+
 class ProjectSettings(_Model):
     name: str
     repo: str
@@ -245,6 +267,10 @@ class ProjectSettings(_Model):
     forge_repo: str | None = None  # "acme/shop"; default: from the repo URL
     webhook_secret: Secret | None = None  # overrides [github] webhook_secret / [gitlab] token
     allow: list[str] = Field(default_factory=list)  # may /rollback without forge permission
+    gate: GateSettings | None = None  # wait for the commit's checks before deploying a push
+    # Seconds between looks at the branch head with `git ls-remote` (0: never). Unset: 0 when
+    # a webhook secret reaches the project, else DEFAULT_POLL_INTERVAL (see Settings.poll_interval).
+    poll_interval: float | None = Field(None, ge=0)
 
     @field_validator("name")
     @classmethod
@@ -379,6 +405,21 @@ class Settings(_Model):
                 return project
         raise UnknownProject(name)
 
+    def poll_interval(self, project: ProjectSettings) -> float:
+        """How often `project`'s branch head is polled (0: never): its own poll_interval, else
+        off when webhooks can reach it (a secret of its own or its forge's), else every
+        DEFAULT_POLL_INTERVAL seconds."""
+        if project.poll_interval is not None:
+            return project.poll_interval
+        forge_secret = (
+            self.github.webhook_secret
+            if project.forge == "github"
+            else self.gitlab.webhook_token or self.gitlab.webhook_signing_token
+        )
+        if project.webhook_secret is not None or forge_secret is not None:
+            return 0.0
+        return DEFAULT_POLL_INTERVAL
+
     @property
     def docker_host(self) -> str:
         return self.docker.host or "unix:///var/run/docker.sock"
@@ -484,6 +525,26 @@ def _check_projects(settings: Settings, source: Path) -> None:
                     f"overlap project {seen_ports[port]!r}"
                 )
             seen_ports[port] = project.name
+    _check_gates(settings, source)
+
+
+def _check_gates(settings: Settings, source: Path) -> None:
+    """A gate asks the forge's API about the commit's checks: it needs API credentials."""
+    for i, project in enumerate(settings.projects):
+        if project.gate is None:
+            continue
+        where = f"{source}: projects[{i}] ({project.name}).gate"
+        if project.forge == "github":
+            github = settings.github
+            if github.token is None and github.app_id is None:
+                raise ConfigError(
+                    f"{where}: a gate reads the commit's checks from GitHub's API: set "
+                    "[github] token (or app_id and private_key_file)"
+                )
+        elif settings.gitlab.token is None:
+            raise ConfigError(
+                f"{where}: a gate reads the commit's statuses from GitLab's API: set [gitlab] token"
+            )
 
 
 def read_env_file(path: Path, source: Path, project: str) -> dict[str, str]:

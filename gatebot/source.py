@@ -21,3 +21,14 @@ class Source(Protocol):
     async def checkout(self, project: str, url: str, branch: str, sha: str | None) -> Checkout:
         """Bring the project's working copy to `sha` (or the head of `branch`); raise
         SourceError, never showing a credential, when that cannot be done."""
+
+    async def fetch(self, project: str, url: str, branch: str, sha: str | None) -> str:
+        """Bring the branch (and `sha`) into the working copy without checking it out; the
+        full SHA of `sha` (or of the branch head)."""
+
+    async def remote_head(self, url: str, branch: str) -> str | None:
+        """The commit at the head of `branch` in the repository, without a clone; None when
+        the branch does not exist."""
+
+    async def is_ancestor(self, project: str, ancestor: str, descendant: str) -> bool:
+        """Whether `ancestor` is `descendant` or one of its ancestors (both fetched)."""

@@ -1,4 +1,6 @@
-"""git behind an async interface: clone on first use, fetch afterwards, check out an exact SHA.
+"""git behind an async interface: clone on first use, fetch afterwards, check out an exact SHA;
+ask a remote for a branch head without cloning (polling); tell whether one commit descends from
+another (a deploy never moves a project backwards).
 
 gitpython blocks, so every call runs in a thread. Errors never carry credentials: URLs in
 messages are passed through `redact_url` first.
@@ -71,34 +73,50 @@ class GitSource:
 
     async def checkout(self, project: str, url: str, branch: str, sha: str | None) -> Checkout:
         """Bring the project's working copy to `sha` (or the head of `branch`)."""
-        if sha is not None and not _SHA.fullmatch(sha):
-            raise SourceError(f"{sha!r} is not a commit SHA (7 to 64 hex digits)")
+        _check_sha(sha)
         return await asyncio.to_thread(self._checkout, project, url, branch, sha)
+
+    async def fetch(self, project: str, url: str, branch: str, sha: str | None) -> str:
+        """Bring the branch (and `sha`, if it is elsewhere) into the project's working copy
+        without checking anything out; the full SHA of `sha` (or of the branch head)."""
+        _check_sha(sha)
+
+        def run() -> str:
+            try:
+                return self._fetch(self.path(project), url, branch, sha)[1].hexsha
+            except git.GitCommandError as exc:
+                detail = redact_url(_stderr(exc))
+                raise SourceError(f"git {_subcommand(exc.command)} failed: {detail}") from None
+
+        return await asyncio.to_thread(run)
+
+    def _fetch(
+        self, path: Path, url: str, branch: str, sha: str | None
+    ) -> tuple[git.Repo, git.Commit]:
+        clean_url, credentials = split_credentials(url)
+        repo, fresh = self._open_or_init(path, clean_url)
+        # A new working copy fetches every branch, as a clone would; later only `branch`.
+        wanted = "*" if fresh else branch
+        with _credentials(repo, credentials) as remote:
+            remote.fetch("--prune", "origin", f"+refs/heads/{wanted}:refs/remotes/origin/{wanted}")
+        target = sha or f"refs/remotes/origin/{branch}"
+        try:
+            return repo, repo.commit(target)
+        except (git.BadName, ValueError):
+            if sha is None:
+                raise SourceError(f"branch {branch!r} not found in the repository") from None
+            # Not on the branch (force-pushed away, or another ref): ask for it directly.
+            try:
+                with _credentials(repo, credentials) as remote:
+                    remote.fetch("origin", sha)
+                return repo, repo.commit(sha)
+            except (git.GitCommandError, git.BadName, ValueError):
+                raise SourceError(f"commit {sha} not found in the repository") from None
 
     def _checkout(self, project: str, url: str, branch: str, sha: str | None) -> Checkout:
         path = self.path(project)
-        clean_url, credentials = split_credentials(url)
         try:
-            repo, fresh = self._open_or_init(path, clean_url)
-            # A new working copy fetches every branch, as a clone would; later only `branch`.
-            wanted = "*" if fresh else branch
-            with _credentials(repo, credentials) as remote:
-                remote.fetch(
-                    "--prune", "origin", f"+refs/heads/{wanted}:refs/remotes/origin/{wanted}"
-                )
-            target = sha or f"refs/remotes/origin/{branch}"
-            try:
-                commit = repo.commit(target)
-            except (git.BadName, ValueError):
-                if sha is None:
-                    raise SourceError(f"branch {branch!r} not found in the repository") from None
-                # Not on the branch (force-pushed away, or another ref): ask for it directly.
-                try:
-                    with _credentials(repo, credentials) as remote:
-                        remote.fetch("origin", sha)
-                    commit = repo.commit(sha)
-                except (git.GitCommandError, git.BadName, ValueError):
-                    raise SourceError(f"commit {sha} not found in the repository") from None
+            repo, commit = self._fetch(path, url, branch, sha)
             repo.git.checkout("--force", "--detach", commit.hexsha)
             repo.git.clean("-ffdx")
             message = str(commit.message).strip().splitlines()[0] if commit.message else ""
@@ -106,6 +124,48 @@ class GitSource:
         except git.GitCommandError as exc:
             detail = redact_url(_stderr(exc))
             raise SourceError(f"git {_subcommand(exc.command)} failed: {detail}") from None
+
+    async def remote_head(self, url: str, branch: str) -> str | None:
+        """The commit at the head of `branch` in the repository at `url`, asked with
+        ``git ls-remote`` (no clone; credentials through the helper, never as arguments);
+        None when the branch does not exist."""
+        return await asyncio.to_thread(self._remote_head, url, branch)
+
+    def _remote_head(self, url: str, branch: str) -> str | None:
+        ref = f"refs/heads/{branch}"
+        clean_url, credentials = split_credentials(url)
+        command = git.Git()
+        try:
+            if credentials is None:
+                out = command.ls_remote(clean_url, ref)
+            else:
+                with command.custom_environment(**_credential_env(credentials)):
+                    out = command(c=_HELPERS).ls_remote(clean_url, ref)
+        except git.GitCommandError as exc:
+            raise SourceError(f"git ls-remote failed: {redact_url(_stderr(exc))}") from None
+        for line in str(out).splitlines():
+            sha, _, name = line.partition("\t")
+            if name.strip() == ref:
+                return sha.strip()
+        return None
+
+    async def is_ancestor(self, project: str, ancestor: str, descendant: str) -> bool:
+        """Whether `ancestor` is `descendant` or one of its ancestors, by ``git merge-base
+        --is-ancestor`` in the project's checkout (both commits must have been fetched)."""
+        for sha in (ancestor, descendant):
+            _check_sha(sha)
+        return await asyncio.to_thread(self._is_ancestor, project, ancestor, descendant)
+
+    def _is_ancestor(self, project: str, ancestor: str, descendant: str) -> bool:
+        try:
+            git.Repo(self.path(project)).git.merge_base("--is-ancestor", ancestor, descendant)
+        except git.GitCommandError as exc:
+            if exc.status == 1:
+                return False
+            raise SourceError(f"git merge-base failed: {redact_url(_stderr(exc))}") from None
+        except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+            raise SourceError(f"no checkout of {project} yet") from None
+        return True
 
     def _open_or_init(self, path: Path, url: str) -> tuple[git.Repo, bool]:
         """The working copy at `path` with `url` (no credentials) as its origin; a new, empty
@@ -132,18 +192,26 @@ class GitSource:
         return repo, True
 
 
+def _check_sha(sha: str | None) -> None:
+    if sha is not None and not _SHA.fullmatch(sha):
+        raise SourceError(f"{sha!r} is not a commit SHA (7 to 64 hex digits)")
+
+
+def _credential_env(credentials: Credentials) -> dict[str, str]:
+    return {
+        _USER_ENV: credentials.username,
+        _PASSWORD_ENV: credentials.password,
+        "GIT_TERMINAL_PROMPT": "0",
+    }
+
+
 @contextmanager
 def _credentials(repo: git.Repo, credentials: Credentials | None) -> Iterator[git.Git]:
     """repo.git for one command, given `credentials` by the helper above when there are any."""
     if credentials is None:
         yield repo.git
         return
-    env = {
-        _USER_ENV: credentials.username,
-        _PASSWORD_ENV: credentials.password,
-        "GIT_TERMINAL_PROMPT": "0",
-    }
-    with repo.git.custom_environment(**env):
+    with repo.git.custom_environment(**_credential_env(credentials)):
         yield repo.git(c=_HELPERS)
 
 

@@ -11,20 +11,23 @@ import contextlib
 import itertools
 import os
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import docker
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 from gatebot.app import create_app
 from gatebot.pipeline.engine import Engine
 from gatebot.runtime.base import LABEL_PROJECT
 from gatebot.settings import Settings
 from gatebot.wiring import open_engine
+from tests.fakes.github import FakeGitHub
+from tests.fakes.gitlab import FakeGitLab
 from tests.support import swarm as swarm_harness
+from tests.support.deliveries import API_TOKEN
 from tests.support.http import wait_listening
 from tests.support.real import BUSYBOX, Nginx, SampleRepo
 from tests.support.server import ClientFactory, open_engine_without_docker, server_settings
@@ -159,3 +162,17 @@ def start_offline(aiohttp_client: Any, workspace: Workspace) -> ClientFactory:
         return client
 
     return start
+
+
+@pytest.fixture
+async def github(aiohttp_server: Callable[[Any], Awaitable[TestServer]]) -> tuple[FakeGitHub, str]:
+    fake = FakeGitHub(tokens=[API_TOKEN])
+    server = await aiohttp_server(fake.app)
+    return fake, fake.api_url(server)
+
+
+@pytest.fixture
+async def gitlab(aiohttp_server: Callable[[Any], Awaitable[TestServer]]) -> tuple[FakeGitLab, str]:
+    fake = FakeGitLab(tokens=[API_TOKEN])
+    server = await aiohttp_server(fake.app)
+    return fake, fake.api_url(server)

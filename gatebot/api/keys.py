@@ -7,6 +7,7 @@ from aiohttp import web
 
 from gatebot.api.session import Sessions, SignInThrottle
 from gatebot.feedback import Feedback
+from gatebot.gatewatch import GateWatcher
 from gatebot.metrics import Metrics
 from gatebot.pipeline.engine import Engine
 from gatebot.queue import JobQueue
@@ -16,6 +17,7 @@ SETTINGS = web.AppKey("settings", Settings)
 ENGINE = web.AppKey("engine", Engine)
 QUEUE = web.AppKey("queue", JobQueue)
 FEEDBACK = web.AppKey("feedback", Feedback)
+GATES = web.AppKey("gates", GateWatcher)
 SECRETS = web.AppKey("secrets", tuple[str, ...])  # what answers and logs must never show
 SESSIONS = web.AppKey("sessions", Sessions)  # the dashboard's signed-in browsers
 THROTTLE = web.AppKey("throttle", SignInThrottle)  # failed sign-ins per address

@@ -135,8 +135,28 @@ SCHEMAS: dict[str, Any] = {
             "updatedAt": TIME,
             "startedAt": nullable(TIME),
             "finishedAt": nullable(TIME),
+            "gate": nullable(ref("Gate")),
         }
     ),
+    "Gate": {
+        **obj(
+            {
+                "required": {
+                    "description": 'the check names waited for, or "all"',
+                    "oneOf": [
+                        {"type": "array", "items": STRING},
+                        {"type": "string", "enum": ["all"]},
+                    ],
+                },
+                "pending": {"type": "array", "items": STRING},
+                "failed": {"type": "array", "items": STRING, "description": "lint (failure)"},
+                "passed": {"type": "array", "items": STRING},
+                "reason": STRING,
+                "checkedAt": nullable({**TIME, "description": "when the forge was last asked"}),
+            }
+        ),
+        "description": "What a gated job waits (or waited) for: its commit's checks.",
+    },
     "Deployment": obj(
         {
             "id": ID,
@@ -217,6 +237,10 @@ SCHEMAS: dict[str, Any] = {
                     "description": "the commit to deploy; default: the head of the branch",
                 }
             ),
+            "skipGate": {
+                "type": "boolean",
+                "description": "a gated project: deploy without waiting for the commit's checks",
+            },
         },
         "required": ["projectId"],
         "additionalProperties": False,

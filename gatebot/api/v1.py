@@ -24,7 +24,8 @@ from gatebot.api.errors import ApiError
 from gatebot.api.keys import ENGINE, QUEUE, SECRETS, SETTINGS
 from gatebot.api.openapi import MAX_ID, SPEC
 from gatebot.api.views import busy_view, deployment_view, job_view, project_view, step_view
-from gatebot.errors import NothingToRollBack, RuntimeUnavailable, UnknownProject
+from gatebot.errors import NothingToRollBack, RuntimeUnavailable, SourceError, UnknownProject
+from gatebot.intake import push_job
 from gatebot.model import JobKind, JobState, Origin, Status
 from gatebot.numbers import parse_count
 from gatebot.pipeline.engine import Engine
@@ -172,6 +173,27 @@ async def project_summary(engine: Engine, project: ProjectSettings) -> dict[str,
     return project_view(project, active, busy, queued)
 
 
+async def gated_deploy(
+    engine: Engine, project: ProjectSettings, origin: Origin, sha: str | None, skip_gate: bool
+) -> tuple[NewJob, str]:
+    """An operator's deploy job, and its audit detail. For a gated project it waits for the
+    commit's checks like a push (the branch head is asked for with git ls-remote when no sha
+    is given), unless the gate is skipped explicitly."""
+    what = f"sha {sha}" if sha else f"head of {project.branch}"
+    if project.gate is None:
+        return NewJob(project.name, JobKind.DEPLOY, origin, sha=sha), what
+    if skip_gate:
+        return NewJob(project.name, JobKind.DEPLOY, origin, sha=sha), f"{what}, gate skipped"
+    if sha is None:
+        try:
+            sha = await engine.source.remote_head(project.repo, project.branch)
+        except SourceError as exc:
+            raise ApiError(503, f"cannot read the head of {project.branch}: {exc}") from None
+        if sha is None:
+            raise ApiError(422, f"branch {project.branch!r} does not exist in the repository")
+    return push_job(project, sha, origin), f"{what}, waiting for checks"
+
+
 async def find_deployment(engine: Engine, deployment_id: int) -> Deployment:
     found = await engine.store.deployments.get(deployment_id)
     if found is None:
@@ -218,13 +240,20 @@ def accepted(job: Job) -> web.Response:
 
 
 async def request_deploy(
-    app: web.Application, project: ProjectSettings, sha: str | None, origin: Origin
+    app: web.Application,
+    project: ProjectSettings,
+    sha: str | None,
+    origin: Origin,
+    *,
+    skip_gate: bool = False,
 ) -> Job:
-    """Queue a deploy of `sha` (default: the branch head); ApiError 409 when busy. The API
-    and the dashboard's Deploy button both come here."""
-    await refuse_if_busy(app[ENGINE], project.name)
-    new = NewJob(project=project.name, kind=JobKind.DEPLOY, origin=origin, sha=sha)
-    return await enqueue(app, new, f"sha {sha}" if sha else f"head of {project.branch}")
+    """Queue a deploy of `sha` (default: the branch head); ApiError 409 when busy. A gated
+    project's deploy waits for the commit's checks unless `skip_gate`. The API and the
+    dashboard's Deploy button both come here."""
+    engine = app[ENGINE]
+    await refuse_if_busy(engine, project.name)
+    new, detail = await gated_deploy(engine, project, origin, sha, skip_gate)
+    return await enqueue(app, new, detail)
 
 
 async def request_rollback(
@@ -268,12 +297,17 @@ async def cancel_job(app: web.Application, job_id: int, who: str) -> Job:
 @requires("deploy")
 async def post_deploy(request: web.Request) -> web.Response:
     body = await read_object(request, required=True)
-    only_fields(body, "projectId", "sha")
+    only_fields(body, "projectId", "sha", "skipGate")
     name = string_field(body, "projectId", required=True)
     sha = string_field(body, "sha", pattern=SHA)
+    skip_gate = body.get("skipGate", False)
+    if not isinstance(skip_gate, bool):
+        raise ApiError(400, "skipGate must be true or false")
     assert name is not None
     project = known_project(request, name)
-    return accepted(await request_deploy(request.app, project, sha, origin_of(request)))
+    return accepted(
+        await request_deploy(request.app, project, sha, origin_of(request), skip_gate=skip_gate)
+    )
 
 
 @routes.post("/api/v1/projects/{name}/rollback")

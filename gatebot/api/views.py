@@ -73,6 +73,7 @@ def job_view(j: Job, secrets: Sequence[str] | None = None) -> dict[str, Any]:
         "updatedAt": j.updated_at,
         "startedAt": j.started_at,
         "finishedAt": j.finished_at,
+        "gate": j.gate,  # a gated push: the checks it waits (or waited) for
     }
 
 

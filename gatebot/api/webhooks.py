@@ -19,9 +19,9 @@ from collections.abc import Callable
 from aiohttp import web
 
 from gatebot.api.errors import ApiError, json_answer
-from gatebot.api.keys import ENGINE, FEEDBACK, QUEUE, SETTINGS, WEBHOOK_OUTCOME
+from gatebot.api.keys import ENGINE, FEEDBACK, GATES, QUEUE, SETTINGS, WEBHOOK_OUTCOME
 from gatebot.errors import GatebotError
-from gatebot.events import CommentCommand, Event, Ignored, Ping, Push
+from gatebot.events import ChecksChanged, CommentCommand, Event, Ignored, Ping, Push
 from gatebot.forges.errors import WebhookRejected
 from gatebot.forges.github import sansio as github
 from gatebot.forges.gitlab import sansio as gitlab
@@ -31,7 +31,9 @@ from gatebot.intake import (
     Intake,
     ReleaseFacts,
     candidate_secrets,
+    forward_only,
     has_own_secrets,
+    plan_checks,
     plan_push,
     plan_rollback,
     read_comment,
@@ -134,6 +136,14 @@ async def release_facts(deployments: Deployments, project: str, sha: str) -> Rel
     )
 
 
+async def push_intake(request: web.Request, event: Push, allowed: frozenset[str] | None) -> Intake:
+    """The jobs a push asks for, without those that would move a project backwards."""
+    intake = plan_push(request.app[SETTINGS], event, allowed)
+    deployments = request.app[ENGINE].store.deployments
+    old = {j.project for j in intake.jobs if await deployments.not_newer(j.project, event.sha)}
+    return forward_only(intake, frozenset(old))
+
+
 async def comment_intake(
     request: web.Request, event: CommentCommand, allowed: frozenset[str] | None
 ) -> tuple[Intake, bool | None]:
@@ -163,9 +173,11 @@ async def accept(
     elif isinstance(event, Ignored):
         name, intake = event.event_name, Intake(ignored=event.reason)
     elif isinstance(event, Push):
-        intake = plan_push(settings, event, allowed)
+        intake = await push_intake(request, event, allowed)
     elif isinstance(event, CommentCommand):
         intake, permitted = await comment_intake(request, event, allowed)
+    elif isinstance(event, ChecksChanged):
+        intake = plan_checks(settings, event, allowed)
     jobs, reason = intake.jobs, intake.ignored
     if isinstance(event, CommentCommand) and permitted is False:
         jobs, reason = [], f"{event.author} may not deploy {intake.project}"
@@ -201,6 +213,8 @@ async def accept(
         ) from None
     if isinstance(event, CommentCommand) and intake.project is not None:
         answer_comment(request, event, intake, permitted)
+    if isinstance(event, ChecksChanged):
+        request.app[GATES].poke()  # the verdict is read from the forge's API, never the payload
     if isinstance(event, Ping):
         request[WEBHOOK_OUTCOME] = "ping"
         return json_answer({"ok": True, "event": "ping"})

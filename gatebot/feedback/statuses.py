@@ -68,6 +68,14 @@ def public_reason(text: str, limit: int = 200) -> str:
     return first if len(first) <= limit else first[: limit - 1] + "…"
 
 
+def waits_for(job: Job) -> str:
+    """The checks a waiting job waits for, in words: "test, lint" or "all checks"."""
+    required = (job.gate or {}).get("required")
+    if isinstance(required, list) and required:
+        return ", ".join(str(name) for name in required)
+    return "all checks"
+
+
 class StatusPoster:
     """Posts commit statuses in order per commit and context, in the background."""
 
@@ -130,7 +138,9 @@ class StatusObserver:
         self.poster.post(target, state, description, page_url(self.settings, deployment_id))
 
     async def job_queued(self, job: Job) -> None:
-        if job.kind is JobKind.DEPLOY:
+        if job.kind is JobKind.DEPLOY and job.state is JobState.WAITING:
+            self.status(job, job.sha, "queued", f"waiting for checks: {waits_for(job)}")
+        elif job.kind is JobKind.DEPLOY:
             self.status(job, job.sha, "queued", "queued")
 
     async def job_superseded(self, job: Job, by: Job) -> None:
@@ -149,7 +159,11 @@ class StatusObserver:
     async def job_finished(self, job: Job, deployment: Deployment | None) -> None:
         sha = (deployment.commit_sha if deployment else None) or job.sha
         dep_id = deployment.id if deployment else job.deployment_id
-        if job.state is JobState.SUCCEEDED and deployment is not None:
+        if job.state is JobState.SUPERSEDED:  # its commit was not newer than the live one
+            self.status(job, sha, "superseded", public_reason(job.error or "superseded"))
+        elif job.state is JobState.FAILED and job.gate is not None and deployment is None:
+            self.status(job, sha, "failed", public_reason(job.error or "checks failed"))
+        elif job.state is JobState.SUCCEEDED and deployment is not None:
             self.status(
                 job, sha, "live", f"v{deployment.version} live on {deployment.color}", dep_id
             )

@@ -28,6 +28,7 @@ from yarl import URL
 from gatebot.errors import GatebotError
 from gatebot.events import CommentCommand, Forge, Push
 from gatebot.forges.backoff import Outcome, is_transient, retry_delay
+from gatebot.gate import Check
 from gatebot.redact import redact
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,9 @@ class ForgeClient(Protocol):
 
     async def may_deploy(self, repo: RepoRef, username: str, user_id: int | None) -> bool:
         """Whether the forge lets this user push to `repo` (an unknown user may not)."""
+
+    async def commit_checks(self, commit: CommitRef) -> list[Check]:
+        """The checks (CI) on the commit as the forge reports them now, for a release gate."""
 
     async def close(self) -> None:
         """Forget cached credentials; the caller owns (and closes) the HTTP session."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from gatebot.model import JobKind, OriginKind
 from gatebot.pipeline.deploy import deploy
 from gatebot.pipeline.engine import Engine
+from gatebot.pipeline.forward import ensure_forward
 from gatebot.pipeline.journal import Listener
 from gatebot.pipeline.rollback import rollback
 from gatebot.store.deployments import Deployment
@@ -25,4 +26,5 @@ async def run_job(engine: Engine, job: Job, listeners: list[Listener]) -> Deploy
         return await rollback(
             engine, job.project, to=job.target, trigger=job.trigger, listeners=listeners
         )
+    await ensure_forward(engine, job)  # a push or poll of an older commit: NotNewer
     return await deploy(engine, job.project, sha=job.sha, trigger=job.trigger, listeners=listeners)

@@ -186,7 +186,17 @@ class Database:
         return int(row[0]) if row else 0
 
     async def migrate(self) -> None:
-        """Apply every migration newer than the database, each in its own transaction."""
+        """Apply every migration newer than the database, in one transaction.
+
+        Foreign keys are off meanwhile (a table rebuild drops the old table, which other
+        tables refer to) and checked before the commit, as SQLite's ALTER TABLE page asks."""
+        await self.conn.execute("PRAGMA foreign_keys=OFF")
+        try:
+            await self._migrate()
+        finally:
+            await self.conn.execute("PRAGMA foreign_keys=ON")
+
+    async def _migrate(self) -> None:
         async with self.transaction() as conn:
             row = await (await conn.execute("PRAGMA user_version")).fetchone()
             current = int(row[0]) if row else 0
@@ -200,6 +210,11 @@ class Database:
                     if statement.strip():
                         await conn.execute(statement)
                 await conn.execute(f"PRAGMA user_version = {version}")
+            broken = list(await (await conn.execute("PRAGMA foreign_key_check")).fetchall())
+            if broken:
+                raise GatebotError(
+                    f"database {self.path}: the migration broke {len(broken)} reference(s)"
+                )
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:

@@ -144,6 +144,17 @@ class Deployments:
         )
         return Deployment.from_row(row) if row else None
 
+    async def not_newer(self, project: str, sha: str) -> bool:
+        """Whether `sha` is the live commit or that of a release older than the live one that
+        was live once (a push of it would move the project backwards)."""
+        row = await self.db.fetchone(
+            "SELECT COUNT(*) FROM deployments WHERE project = ? AND commit_sha = ?"
+            " AND (status = 'ACTIVE' OR (status = 'ROLLED_BACK' AND version < (SELECT version"
+            " FROM deployments WHERE project = ? AND status = 'ACTIVE')))",
+            (project, sha, project),
+        )
+        return bool(row and row[0])
+
     async def steps(self, deployment_id: int, *, after_id: int = 0) -> list[Step]:
         rows = await self.db.fetchall(
             "SELECT * FROM deployment_steps WHERE deployment_id = ? AND id > ? ORDER BY id",

@@ -42,6 +42,7 @@ class Job:
     updated_at: str
     started_at: str | None
     finished_at: str | None
+    gate: dict[str, Any] | None = None  # a gated push: what it waits for (gatebot.gate)
 
     @classmethod
     def from_row(
@@ -54,6 +55,8 @@ class Job:
         if origin is None:
             origin = Origin.from_json(orjson.loads(context or "{}"), data["trigger"])
         data["origin"] = origin
+        gate = data.get("gate")
+        data["gate"] = orjson.loads(gate) if gate else None
         data["kind"] = JobKind(data["kind"])
         data["state"] = JobState(data["state"])
         return cls(**data)
@@ -73,6 +76,7 @@ class NewJob:
     origin: Origin
     sha: str | None = None
     target: str | None = None
+    gate: dict[str, Any] | None = None  # set: the job starts `waiting` for the commit's checks
 
     @property
     def trigger(self) -> str:
@@ -91,7 +95,7 @@ class NewJob:
             kind=self.kind,
             sha=self.sha,
             target=self.target,
-            state=JobState.QUEUED,
+            state=JobState.WAITING if self.gate is not None else JobState.QUEUED,
             trigger=self.trigger,
             delivery_id=self.delivery_id,
             origin=self.origin,
@@ -103,6 +107,7 @@ class NewJob:
             updated_at=now,
             started_at=None,
             finished_at=None,
+            gate=self.gate,
         )
 
 
@@ -164,18 +169,20 @@ def _enqueue_rows(
     for job in pending.jobs:
         [(job_id,)] = conn.execute(
             "INSERT INTO jobs (project, kind, sha, target, state, trigger, delivery_id,"
-            " context, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?) RETURNING id",
+            " context, created_at, updated_at, gate)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (
                 job.project,
                 str(job.kind),
                 job.sha,
                 job.target,
+                str(JobState.WAITING if job.gate is not None else JobState.QUEUED),
                 job.trigger,
                 job.delivery_id,
                 orjson.dumps(job.origin.to_json()).decode(),
                 now,
                 now,
+                json.dumps(job.gate) if job.gate is not None else None,
             ),
         ).fetchall()
         new = job.queued_as(job_id, now)
@@ -183,7 +190,7 @@ def _enqueue_rows(
         if pending.supersede and job.kind is JobKind.DEPLOY:
             older = conn.execute(
                 "UPDATE jobs SET state = 'superseded', superseded_by = ?, updated_at = ?,"
-                " finished_at = ? WHERE project = ? AND state = 'queued'"
+                " finished_at = ? WHERE project = ? AND state IN ('queued', 'waiting')"
                 " AND kind = 'deploy' AND id < ? RETURNING *",
                 (new.id, now, now, job.project, new.id),
             ).fetchall()
@@ -237,6 +244,66 @@ class Jobs:
         rows = await self.db.fetchall("SELECT * FROM jobs WHERE state = 'queued' ORDER BY id")
         return [Job.from_row(r) for r in rows]
 
+    async def waiting(self) -> list[Job]:
+        """Jobs waiting for their commit's checks, oldest first."""
+        rows = await self.db.fetchall("SELECT * FROM jobs WHERE state = 'waiting' ORDER BY id")
+        return [Job.from_row(r) for r in rows]
+
+    async def note_gate(self, job_id: int, gate: dict[str, Any]) -> bool:
+        """Record what a waiting job waits for; False when it no longer waits."""
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute(
+                "UPDATE jobs SET gate = ?, updated_at = ? WHERE id = ? AND state = 'waiting'",
+                (json.dumps(gate), utcnow(), job_id),
+            )
+            return cursor.rowcount == 1
+
+    async def open_gate(self, job_id: int, gate: dict[str, Any]) -> Job | None:
+        """waiting -> queued: the checks passed. None when the job no longer waits."""
+        async with self.db.transaction() as conn:
+            rows = await conn.execute_fetchall(
+                "UPDATE jobs SET state = 'queued', gate = ?, updated_at = ?"
+                " WHERE id = ? AND state = 'waiting' RETURNING *",
+                (json.dumps(gate), utcnow(), job_id),
+            )
+        rows = list(rows)
+        return Job.from_row(rows[0]) if rows else None
+
+    async def fail_gate(self, job_id: int, gate: dict[str, Any], error: str) -> Job | None:
+        """waiting -> failed: a check failed, or the gate timed out. None when it no longer
+        waits."""
+        now = utcnow()
+        async with self.db.transaction() as conn:
+            rows = await conn.execute_fetchall(
+                "UPDATE jobs SET state = 'failed', gate = ?, error = ?, finished_at = ?,"
+                " updated_at = ? WHERE id = ? AND state = 'waiting' RETURNING *",
+                (json.dumps(gate), error, now, now, job_id),
+            )
+        rows = list(rows)
+        return Job.from_row(rows[0]) if rows else None
+
+    async def superseded_by(self, job_id: int) -> list[Job]:
+        """The jobs `job_id` superseded when it arrived, oldest first."""
+        rows = await self.db.fetchall(
+            "SELECT * FROM jobs WHERE superseded_by = ? AND state = 'superseded' ORDER BY id",
+            (job_id,),
+        )
+        return [Job.from_row(r) for r in rows]
+
+    async def revive(self, job_id: int) -> Job | None:
+        """superseded -> queued (or waiting, when gated: the watcher judges it again): it holds
+        a descendant of the commit of the job that superseded it on arrival. None when it is
+        not superseded."""
+        async with self.db.transaction() as conn:
+            rows = await conn.execute_fetchall(
+                "UPDATE jobs SET state = CASE WHEN gate IS NULL THEN 'queued' ELSE 'waiting' END,"
+                " superseded_by = NULL, finished_at = NULL, updated_at = ?"
+                " WHERE id = ? AND state = 'superseded' RETURNING *",
+                (utcnow(), job_id),
+            )
+        rows = list(rows)
+        return Job.from_row(rows[0]) if rows else None
+
     async def counts(self, project: str | None = None) -> dict[str, int]:
         """Jobs per state (of one project, if given)."""
         if project is None:
@@ -256,7 +323,8 @@ class Jobs:
     ) -> list[Job]:
         """Insert `jobs` (and the delivery (forge, id, event), if any) in one transaction.
 
-        With `supersede`, a project's queued deploy jobs are marked superseded by the new one.
+        With `supersede`, a project's queued and waiting deploy jobs are marked superseded by
+        the new one.
         Raises DuplicateDelivery when the delivery was recorded before; nothing is written then.
         """
         created, _ = await self.enqueue_superseding(jobs, delivery=delivery, supersede=supersede)
@@ -332,15 +400,18 @@ class Jobs:
         *,
         deployment_id: int | None = None,
         error: str | None = None,
+        superseded_by: int | None = None,
     ) -> Job:
-        if state not in (JobState.SUCCEEDED, JobState.FAILED):
+        """running -> succeeded | failed | superseded (its commit was not newer, NotNewer)."""
+        if state not in (JobState.SUCCEEDED, JobState.FAILED, JobState.SUPERSEDED):
             raise ValueError(state)
         now = utcnow()
         async with self.db.transaction() as conn:
             await conn.execute(
                 "UPDATE jobs SET state = ?, deployment_id = COALESCE(?, deployment_id),"
-                " error = ?, finished_at = ?, updated_at = ? WHERE id = ? AND state = 'running'",
-                (str(state), deployment_id, error, now, now, job_id),
+                " error = ?, superseded_by = COALESCE(?, superseded_by), finished_at = ?,"
+                " updated_at = ? WHERE id = ? AND state = 'running'",
+                (str(state), deployment_id, error, superseded_by, now, now, job_id),
             )
         return await self.require(job_id)
 
@@ -352,12 +423,12 @@ class Jobs:
             )
 
     async def cancel(self, job_id: int) -> bool:
-        """queued -> cancelled; False when the job is not queued (running or finished)."""
+        """queued or waiting -> cancelled; False when the job is running or finished."""
         now = utcnow()
         async with self.db.transaction() as conn:
             cursor = await conn.execute(
                 "UPDATE jobs SET state = 'cancelled', finished_at = ?, updated_at = ?"
-                " WHERE id = ? AND state = 'queued'",
+                " WHERE id = ? AND state IN ('queued', 'waiting')",
                 (now, now, job_id),
             )
             return cursor.rowcount == 1

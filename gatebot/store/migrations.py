@@ -104,4 +104,40 @@ MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX deliveries_body ON deliveries (forge, body_sha256)
         WHERE body_sha256 IS NOT NULL
     """,
+    # 5: the `waiting` job state (a release gate) and what a waiting job waits for (`gate`,
+    # JSON). SQLite cannot change a CHECK constraint: the table is rebuilt (migrate() turns
+    # foreign keys off around it, as SQLite's documented procedure asks).
+    """
+    CREATE TABLE jobs_new (
+        id INTEGER PRIMARY KEY,
+        project TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('deploy', 'rollback')),
+        sha TEXT,
+        target TEXT,
+        state TEXT NOT NULL CHECK (state IN
+            ('waiting', 'queued', 'running', 'succeeded', 'failed', 'superseded', 'cancelled')),
+        trigger TEXT NOT NULL,
+        delivery_id TEXT,
+        context TEXT NOT NULL DEFAULT '{}',
+        deployment_id INTEGER REFERENCES deployments (id),
+        error TEXT,
+        superseded_by INTEGER REFERENCES jobs (id),
+        retry_of INTEGER REFERENCES jobs (id),
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        started_at TEXT,
+        finished_at TEXT,
+        gate TEXT
+    );
+    INSERT INTO jobs_new (id, project, kind, sha, target, state, trigger, delivery_id, context,
+        deployment_id, error, superseded_by, retry_of, created_at, updated_at, started_at,
+        finished_at)
+        SELECT id, project, kind, sha, target, state, trigger, delivery_id, context,
+        deployment_id, error, superseded_by, retry_of, created_at, updated_at, started_at,
+        finished_at FROM jobs;
+    DROP TABLE jobs;
+    ALTER TABLE jobs_new RENAME TO jobs;
+    CREATE INDEX jobs_state ON jobs (state, project);
+    CREATE INDEX jobs_project ON jobs (project, id)
+    """,
 ]

@@ -22,48 +22,25 @@ from tests.fakes.github import FakeGitHub
 from tests.fakes.gitlab import FakeGitLab
 from tests.forges import fixture
 from tests.support.deliveries import (
-    API_TOKEN,
-    GITLAB_TOKEN,
     comment_payload,
     github_push_payload,
     gitlab_delivery,
     gitlab_push_payload,
 )
 from tests.support.deploys import eventually_live, live_version
-from tests.support.server import ClientFactory, post_github, server_settings
+from tests.support.server import (
+    ClientFactory,
+    forge_api,
+    gitlab_api,
+    post_github,
+    server_settings,
+    settle,
+)
 from tests.support.setup import Setup
 
 Client = TestClient[Any, Any]
 Serve = Callable[[Any], Awaitable[TestServer]]
 GITLAB_PROJECT_ID = 4242
-
-
-def forge_api(url: str, **extra: Any) -> dict[str, Any]:
-    """A forge table whose API is the fake at `url`."""
-    return {"api_url": url, "token": API_TOKEN, "retry_for_seconds": 10, **extra}
-
-
-def gitlab_api(url: str) -> dict[str, Any]:
-    return {"webhook_token": GITLAB_TOKEN, **forge_api(url)}
-
-
-async def settle(client: Client) -> None:
-    await client.app[QUEUE].drain()
-    await client.app[FEEDBACK].settle()
-
-
-@pytest.fixture
-async def github(aiohttp_server: Serve) -> tuple[FakeGitHub, str]:
-    fake = FakeGitHub(tokens=[API_TOKEN])
-    server = await aiohttp_server(fake.app)
-    return fake, fake.api_url(server)
-
-
-@pytest.fixture
-async def gitlab(aiohttp_server: Serve) -> tuple[FakeGitLab, str]:
-    fake = FakeGitLab(tokens=[API_TOKEN])
-    server = await aiohttp_server(fake.app)
-    return fake, fake.api_url(server)
 
 
 async def github_server(

@@ -23,6 +23,7 @@ from gatebot.forges.base import (
     RepoRef,
     StatusTarget,
 )
+from gatebot.gate import Check
 from gatebot.metrics import Metrics, counted, event_label
 from tests.forges import fixture
 from tests.support.deliveries import github_delivery, github_push_payload
@@ -173,6 +174,9 @@ async def test_forge_calls_are_counted_by_outcome() -> None:
 
         async def may_deploy(self, repo: RepoRef, username: str, user_id: int | None) -> bool:
             return username == "octocat"
+
+        async def commit_checks(self, commit: CommitRef) -> list[Check]:
+            return []
 
         async def close(self) -> None:
             return None

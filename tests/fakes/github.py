@@ -1,5 +1,6 @@
-"""A fake GitHub REST API: commit statuses, commit comments, collaborator permissions, and
-GitHub App installation tokens.
+"""A fake GitHub REST API: commit statuses (and the combined status), commit comments,
+collaborator permissions, check runs and check suites of a commit, and GitHub App
+installation tokens.
 
     fake = FakeGitHub(tokens=["t0ken"], repos=["acme/shop"])           # a token
     fake = FakeGitHub(app_id=1, public_key=key.public_key(), installations=[7])  # an App
@@ -34,6 +35,17 @@ from tests.fakes import NO_BODY, NOT_JSON, FakeForge, Reject
 
 ROLES = ("admin", "maintain", "write", "triage", "read", "none")
 STATES = ("error", "failure", "pending", "success")
+CHECK_STATUSES = ("queued", "in_progress", "completed", "waiting", "requested", "pending")
+CONCLUSIONS = (
+    "action_required",
+    "cancelled",
+    "failure",
+    "neutral",
+    "success",
+    "skipped",
+    "stale",
+    "timed_out",
+)
 API_VERSIONS = ("2022-11-28", "2026-03-10")
 DESCRIPTION_LIMIT = 140
 COMMENT_LIMIT = 65536
@@ -101,7 +113,11 @@ class FakeGitHub(FakeForge):
         self._statuses: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self._comments: dict[tuple[str, str], list[str]] = {}
         self._ids = itertools.count(1)
+        self._check_runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self._check_suites: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self.route("POST", "/repos/{owner}/{repo}/statuses/{sha}", self._post_status)
+        self.route("GET", "/repos/{owner}/{repo}/commits/{sha}/status", self._combined_status)
+        self.route("GET", "/repos/{owner}/{repo}/commits/{sha}/check-runs", self._list_check_runs)
         self.route("POST", "/repos/{owner}/{repo}/commits/{sha}/comments", self._post_comment)
         self.route(
             "GET", "/repos/{owner}/{repo}/collaborators/{username}/permission", self._permission
@@ -127,6 +143,71 @@ class FakeGitHub(FakeForge):
 
     def revoke(self, token: str) -> None:
         self.revoked.add(token)
+
+    def add_check_suite(self, repo: str, sha: str, app: str, status: str = "queued") -> int:
+        """A check suite another App opened on the commit; it holds no runs until one is
+        added with `add_check_run(..., suite=id)` (the check-runs API lists runs only)."""
+        if status not in CHECK_STATUSES:
+            raise ValueError(f"{status!r} is not one of {CHECK_STATUSES}")
+        suite = {"id": next(self._ids), "head_sha": sha, "status": status, "app": {"slug": app}}
+        self._check_suites.setdefault((repo.lower(), sha.lower()), []).append(suite)
+        return int(str(suite["id"]))
+
+    def add_check_run(
+        self,
+        repo: str,
+        sha: str,
+        name: str,
+        status: str = "queued",
+        conclusion: str | None = None,
+        *,
+        app: str = "github-actions",
+        suite: int | None = None,
+    ) -> int:
+        """A check run on the commit (a new one for a re-run); its id."""
+        self._check_state(status, conclusion)
+        key = (repo.lower(), sha.lower())
+        if suite is None:
+            suite = self.add_check_suite(repo, sha, app, status)
+        run = {
+            "id": next(self._ids),
+            "head_sha": sha.lower(),
+            "name": name,
+            "status": status,
+            "conclusion": conclusion,
+            "started_at": "2026-01-01T00:00:00Z",
+            "completed_at": "2026-01-01T00:01:00Z" if status == "completed" else None,
+            "app": {"slug": app},
+            "check_suite": {"id": suite},
+        }
+        self._check_runs.setdefault(key, []).append(run)
+        return int(str(run["id"]))
+
+    def update_check_run(self, run_id: int, status: str, conclusion: str | None = None) -> None:
+        self._check_state(status, conclusion)
+        for runs in self._check_runs.values():
+            for run in runs:
+                if run["id"] == run_id:
+                    run.update(status=status, conclusion=conclusion)
+                    return
+        raise KeyError(run_id)
+
+    def add_status(self, repo: str, sha: str, context: str, state: str) -> None:
+        """A status another service (a CI) set on the commit."""
+        if state not in STATES:
+            raise ValueError(f"{state!r} is not one of {STATES}")
+        status = {"id": next(self._ids), "state": state, "context": context}
+        status.update(description=None, target_url=None)
+        self._statuses.setdefault((repo.lower(), sha.lower()), []).append(status)
+
+    @staticmethod
+    def _check_state(status: str, conclusion: str | None) -> None:
+        if status not in CHECK_STATUSES:
+            raise ValueError(f"{status!r} is not one of {CHECK_STATUSES}")
+        if (status == "completed") != (conclusion is not None):
+            raise ValueError("a conclusion is set exactly when the status is completed")
+        if conclusion is not None and conclusion not in CONCLUSIONS:
+            raise ValueError(f"{conclusion!r} is not one of {CONCLUSIONS}")
 
     # --- what happened --------------------------------------------------------------------
 
@@ -175,6 +256,44 @@ class FakeGitHub(FakeForge):
         }
         self._statuses.setdefault((repo, sha), []).append(status)
         return web.json_response(status, status=201)
+
+    async def _combined_status(self, request: web.Request) -> web.Response:
+        """The newest status of each context, and their combined state."""
+        repo, sha = self._repo_access(request), self._sha(request)
+        self._page_size(request)
+        latest: dict[str, dict[str, Any]] = {}
+        for status in self._statuses.get((repo, sha), []):
+            latest[status["context"]] = status
+        states = {s["state"] for s in latest.values()}
+        if states & {"error", "failure"}:
+            combined = "failure"
+        elif not states or "pending" in states:
+            combined = "pending"
+        else:
+            combined = "success"
+        statuses = sorted(latest.values(), key=lambda s: -int(s["id"]))
+        return web.json_response(
+            {"state": combined, "statuses": statuses, "sha": sha, "total_count": len(statuses)}
+        )
+
+    async def _list_check_runs(self, request: web.Request) -> web.Response:
+        repo, sha = self._repo_access(request), self._sha(request)
+        self._page_size(request)
+        if request.query.get("filter", "latest") not in ("latest", "all"):
+            raise _invalid("CheckRun", "filter", "invalid", "filter must be latest or all")
+        runs = self._check_runs.get((repo, sha), [])
+        if request.query.get("filter", "latest") == "latest":  # the newest run of each name
+            newest: dict[str, dict[str, Any]] = {}
+            for run in runs:
+                newest[run["name"]] = run
+            runs = list(newest.values())
+        return web.json_response({"total_count": len(runs), "check_runs": runs})
+
+    @staticmethod
+    def _page_size(request: web.Request) -> None:
+        per_page = request.query.get("per_page", "30")
+        if not per_page.isdigit() or not 1 <= int(per_page) <= 100:
+            raise _invalid("Query", "per_page", "invalid", "per_page must be 1 to 100")
 
     async def _post_comment(self, request: web.Request) -> web.Response:
         repo, sha = self._repo_access(request), self._sha(request)

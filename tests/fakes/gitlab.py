@@ -1,4 +1,5 @@
-"""A fake GitLab REST API (v4): commit statuses, commit comments, project members, users.
+"""A fake GitLab REST API (v4): commit statuses (set and listed), commit comments, project
+members, users, and CI pipelines whose jobs show as commit statuses.
 
     fake = FakeGitLab(tokens=["glpat-x"])
     fake.add_project("group/shop", 42)
@@ -27,6 +28,19 @@ from aiohttp import web
 from tests.fakes import NO_BODY, NOT_JSON, FakeForge, Reject
 
 STATES = ("pending", "running", "success", "failed", "canceled", "skipped")
+JOB_STATUSES = (  # a CI job's status
+    "created",
+    "waiting_for_resource",
+    "preparing",
+    "pending",
+    "running",
+    "success",
+    "failed",
+    "canceled",
+    "skipped",
+    "manual",
+    "scheduled",
+)
 FIELD_LIMIT = 255
 NOTE_LIMIT = 1_000_000
 _OPEN = ("pending", "running")  # a status in these is updated; any other is followed by a new one
@@ -75,6 +89,7 @@ class FakeGitLab(FakeForge):
         self._comments: dict[tuple[int, str], list[str]] = {}
         self._ids = itertools.count(1)
         self.route("POST", "/projects/{id}/statuses/{sha}", self._post_status)
+        self.route("GET", "/projects/{id}/repository/commits/{sha}/statuses", self._list_statuses)
         self.route("POST", "/projects/{id}/repository/commits/{sha}/comments", self._post_comment)
         self.route("GET", "/projects/{id}/members/all/{user_id}", self._member)
         self.route("GET", "/users", self._users)
@@ -98,6 +113,37 @@ class FakeGitLab(FakeForge):
         if found is None:
             raise KeyError(project)
         found.members[user_id] = Member(user_id, username, access_level, state)
+
+    def add_pipeline_job(
+        self,
+        project: str | int,
+        sha: str,
+        name: str,
+        status: str = "pending",
+        *,
+        allow_failure: bool = False,
+    ) -> int:
+        """A CI job of a pipeline on the commit (a new one for a retry); its id. GitLab lists
+        each job as one of the commit's statuses."""
+        if status not in JOB_STATUSES:
+            raise ValueError(f"{status!r} is not one of {JOB_STATUSES}")
+        found = self._find(str(project))
+        if found is None:
+            raise KeyError(project)
+        job = {"id": next(self._ids), "sha": sha.lower(), "name": name, "status": status}
+        job.update(allow_failure=allow_failure, ref="main", description=None, target_url=None)
+        self._statuses.setdefault((found.id, sha.lower()), []).append(job)
+        return int(str(job["id"]))
+
+    def update_pipeline_job(self, job_id: int, status: str) -> None:
+        if status not in JOB_STATUSES:
+            raise ValueError(f"{status!r} is not one of {JOB_STATUSES}")
+        for jobs in self._statuses.values():
+            for job in jobs:
+                if job["id"] == job_id:
+                    job["status"] = status
+                    return
+        raise KeyError(job_id)
 
     # --- what happened --------------------------------------------------------------------
 
@@ -138,6 +184,16 @@ class FakeGitLab(FakeForge):
             )
         job.update(status=state, description=description, target_url=target_url)
         return web.json_response(job, status=201)
+
+    async def _list_statuses(self, request: web.Request) -> web.Response:
+        project, sha = self._project_access(request), self._sha(request)
+        per_page = request.query.get("per_page", "20")
+        if not per_page.isdigit() or not 1 <= int(per_page) <= 100:
+            raise _bad_request(error="per_page does not have a valid value")
+        statuses = [
+            {"allow_failure": False, **job} for job in self._statuses.get((project.id, sha), [])
+        ]
+        return web.json_response(statuses[: int(per_page)])
 
     async def _post_comment(self, request: web.Request) -> web.Response:
         project, sha = self._project_access(request), self._sha(request)

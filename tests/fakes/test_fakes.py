@@ -477,3 +477,81 @@ async def test_gitlab_fake_mounts_under_a_sub_path(aiohttp_client: MakeClient) -
     assert (await client.post(path, json={"state": "success"}, headers=GL)).status == 502
     assert (await client.post(path, json={"state": "success"}, headers=GL)).status == 201
     assert [c.path for c in fake.calls] == [f"/projects/1/statuses/{SHA}"] * 2
+
+
+# --- checks ---------------------------------------------------------------------------------
+
+
+async def test_github_check_runs_list_runs_not_empty_suites_and_the_newest_by_default(
+    aiohttp_client: MakeClient, github: FakeGitHub
+) -> None:
+    client = await aiohttp_client(github.app)
+    github.add_check_suite("acme/shop", SHA, "other-app")
+    github.add_check_run("acme/shop", SHA, "test", "completed", "failure")
+    rerun = github.add_check_run("acme/shop", SHA, "test", "in_progress")
+    answer = await client.get(f"/repos/acme/shop/commits/{SHA}/check-runs", headers=GH)
+    data = await answer.json()
+    assert answer.status == 200 and data["total_count"] == 1
+    assert [(r["id"], r["status"], r["conclusion"]) for r in data["check_runs"]] == [
+        (rerun, "in_progress", None)
+    ]
+    every = await client.get(
+        f"/repos/acme/shop/commits/{SHA}/check-runs", params={"filter": "all"}, headers=GH
+    )
+    assert (await every.json())["total_count"] == 2
+    too_many = await client.get(
+        f"/repos/acme/shop/commits/{SHA}/check-runs", params={"per_page": "101"}, headers=GH
+    )
+    assert too_many.status == 422
+    unknown = await client.get(f"/repos/acme/other/commits/{SHA}/check-runs", headers=GH)
+    assert unknown.status == 404
+    anonymous = await client.get(
+        f"/repos/acme/shop/commits/{SHA}/check-runs", headers={"User-Agent": "t"}
+    )
+    assert anonymous.status == 401
+
+
+def test_github_check_runs_take_only_documented_states(github: FakeGitHub) -> None:
+    with pytest.raises(ValueError):
+        github.add_check_run("acme/shop", SHA, "t", "done")
+    with pytest.raises(ValueError):
+        github.add_check_run("acme/shop", SHA, "t", "completed")  # a conclusion is required
+    with pytest.raises(ValueError):
+        github.add_check_run("acme/shop", SHA, "t", "queued", "success")
+    with pytest.raises(ValueError):
+        github.add_check_run("acme/shop", SHA, "t", "completed", "passed")
+
+
+async def test_github_combined_status_has_the_newest_of_each_context(
+    aiohttp_client: MakeClient, github: FakeGitHub
+) -> None:
+    client = await aiohttp_client(github.app)
+    github.add_status("acme/shop", SHA, "ci", "pending")
+    github.add_status("acme/shop", SHA, "ci", "success")
+    github.add_status("acme/shop", SHA, "lint", "failure")
+    answer = await client.get(f"/repos/acme/shop/commits/{SHA}/status", headers=GH)
+    data = await answer.json()
+    assert data["state"] == "failure" and data["total_count"] == 2
+    assert {s["context"]: s["state"] for s in data["statuses"]} == {
+        "ci": "success",
+        "lint": "failure",
+    }
+
+
+async def test_gitlab_commit_statuses_list_pipeline_jobs(
+    aiohttp_client: MakeClient, gitlab: FakeGitLab
+) -> None:
+    client = await aiohttp_client(gitlab.app)
+    job = gitlab.add_pipeline_job(42, SHA, "test", "running", allow_failure=True)
+    answer = await client.get(f"/api/v4/projects/42/repository/commits/{SHA}/statuses", headers=GL)
+    [status] = await answer.json()
+    assert (status["id"], status["name"], status["status"], status["allow_failure"]) == (
+        job,
+        "test",
+        "running",
+        True,
+    )
+    with pytest.raises(ValueError):
+        gitlab.add_pipeline_job(42, SHA, "test", "passed")
+    anonymous = await client.get(f"/api/v4/projects/42/repository/commits/{SHA}/statuses")
+    assert anonymous.status == 401

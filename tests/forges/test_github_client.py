@@ -494,3 +494,24 @@ async def test_app_secrets_echoed_by_the_server_are_redacted(
         await client.set_status(TARGET, "live", "ok", None)
     assert token not in str(caught.value)
     assert "backend refused ***" in str(caught.value)
+
+
+async def test_commit_checks_are_the_runs_and_the_newest_status_of_each_context(
+    fake: FakeGitHub, make_client: ClientFactory
+) -> None:
+    fake.add_check_suite("acme/shop", SHA, "some-app")  # empty: never listed
+    first = fake.add_check_run("acme/shop", SHA, "test", "completed", "failure")
+    fake.add_check_run("acme/shop", SHA, "test", "completed", "success")  # the re-run
+    fake.add_check_run("acme/shop", SHA, "lint", "in_progress")
+    fake.add_status("acme/shop", SHA, "ci/legacy", "pending")
+    fake.add_status("acme/shop", SHA, "ci/legacy", "success")
+    checks = await make_client().commit_checks(COMMIT)
+    by_name = {(c.name, c.source): c for c in checks}
+    assert by_name["test", "run"].outcome == "passed" and by_name["test", "run"].order > first
+    assert by_name["lint", "run"].detail == "in_progress"
+    assert by_name["ci/legacy", "status"].outcome == "passed"
+    assert len(checks) == 3
+    assert {c.path for c in fake.calls_to(f"/repos/acme/shop/commits/{SHA}")} == {
+        f"/repos/acme/shop/commits/{SHA}/check-runs",
+        f"/repos/acme/shop/commits/{SHA}/status",
+    }

@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from gatebot.events import CommentCommand, Ignored, Ping, Push
+from gatebot.events import ChecksChanged, CommentCommand, Ignored, Ping, Push
 from gatebot.forges.errors import UNAUTHORIZED_MESSAGE, WebhookRejected
 from gatebot.forges.github.sansio import (
     decode_body,
@@ -405,3 +405,26 @@ def test_a_lone_surrogate_in_a_comment_body_is_a_400() -> None:
     with pytest.raises(WebhookRejected) as exc_info:
         parse_event(headers("commit_comment"), payload)
     rejected(exc_info, 400)
+
+
+@pytest.mark.parametrize(
+    ("event_name", "fixture_name"),
+    [
+        ("check_run", "github_check_run.json"),
+        ("check_suite", "github_check_suite.json"),
+        ("status", "github_status.json"),
+    ],
+)
+def test_check_events_say_which_commits_checks_changed(event_name: str, fixture_name: str) -> None:
+    event = parse_event(headers(event_name), fixture(fixture_name))
+    assert isinstance(event, ChecksChanged)
+    assert (event.forge, event.repo, event.event_name) == ("github", "acme/shop", event_name)
+    assert event.sha == "ec26c3e57ca3a959ca5aad62de7213c562f8c821"
+    assert event.installation_id == fixture(fixture_name)["installation"]["id"]
+
+
+def test_a_check_run_without_its_commit_is_400() -> None:
+    payload = fixture("github_check_run.json")
+    del payload["check_run"]["head_sha"]
+    with pytest.raises(WebhookRejected):
+        parse_event(headers("check_run"), payload)

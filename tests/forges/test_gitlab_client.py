@@ -300,3 +300,18 @@ async def test_a_github_repository_is_refused(make_client: ClientFactory, fake: 
     with pytest.raises(ForgeError, match="github"):
         await make_client().comment(other, "hi")
     assert fake.calls == []
+
+
+async def test_commit_checks_are_the_commits_statuses(
+    fake: FakeGitLab, make_client: ClientFactory
+) -> None:
+    fake.add_pipeline_job(PROJECT_ID, SHA, "test", "success")
+    fake.add_pipeline_job(PROJECT_ID, SHA, "flaky", "failed", allow_failure=True)
+    job = fake.add_pipeline_job(PROJECT_ID, SHA, "lint", "running")
+    checks = {c.name: c for c in await make_client().commit_checks(COMMIT)}
+    assert checks["test"].outcome == "passed"
+    assert checks["flaky"].outcome == "passed"
+    assert checks["lint"].outcome == "pending"
+    fake.update_pipeline_job(job, "failed")
+    checks = {c.name: c for c in await make_client().commit_checks(COMMIT)}
+    assert checks["lint"].outcome == "failed" and checks["lint"].detail == "failed"

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from gatebot.errors import ConfigError
-from gatebot.events import CommentCommand, Ignored, Push
+from gatebot.events import ChecksChanged, CommentCommand, Ignored, Push
 from gatebot.forges.errors import UNAUTHORIZED_MESSAGE, WebhookRejected
 from gatebot.forges.gitlab.sansio import (
     decode_body,
@@ -495,7 +495,7 @@ def test_note_hook_missing_a_field_is_400_naming_it(path: str) -> None:
     assert path in rejected(exc_info, 400).public_message
 
 
-@pytest.mark.parametrize("name", ["System Hook", "Merge Request Hook", "Pipeline Hook"])
+@pytest.mark.parametrize("name", ["System Hook", "Merge Request Hook", "Deployment Hook"])
 def test_other_hooks_are_ignored(name: str) -> None:
     # A system hook's push has object_kind "push" too; it still is not a project push.
     event = parse_event(gl_headers(name, "idem-3"), fixture("gitlab_push.json"))
@@ -562,3 +562,26 @@ def test_a_lone_surrogate_in_the_user_name_is_a_400() -> None:
     with pytest.raises(WebhookRejected) as exc_info:
         parse_event(gl_headers("Push Hook"), payload)
     assert "is not valid Unicode text" in rejected(exc_info, 400).public_message
+
+
+@pytest.mark.parametrize(
+    ("name", "fixture_name"),
+    [("Pipeline Hook", "gitlab_pipeline.json"), ("Job Hook", "gitlab_job.json")],
+)
+def test_pipeline_and_job_hooks_say_which_commits_checks_changed(
+    name: str, fixture_name: str
+) -> None:
+    event = parse_event(gl_headers(name, "idem-9"), fixture(fixture_name))
+    assert event == ChecksChanged(
+        forge="gitlab",
+        repo="acme/shop",
+        sha="bcbb5ec396a2c0f828686f14fac9b80b780504f2",
+        delivery_id="idem-9",
+        event_name=name,
+        project_id=15,
+    )
+
+
+def test_a_pipeline_hook_whose_object_kind_is_not_pipeline_is_400() -> None:
+    with pytest.raises(WebhookRejected):
+        parse_event(gl_headers("Pipeline Hook", "idem-10"), fixture("gitlab_push.json"))

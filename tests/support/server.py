@@ -12,12 +12,12 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from gatebot.api.keys import ENGINE
+from gatebot.api.keys import ENGINE, FEEDBACK, QUEUE
 from gatebot.pipeline.engine import Engine, EngineListeners
 from gatebot.settings import DockerSettings, Settings
 from gatebot.store.jobs import Job
 from gatebot.wiring import open_engine
-from tests.support.deliveries import GITHUB_SECRET, GITLAB_TOKEN, github_delivery
+from tests.support.deliveries import API_TOKEN, GITHUB_SECRET, GITLAB_TOKEN, github_delivery
 from tests.support.settings import build_settings
 from tests.support.setup import Workspace
 
@@ -134,3 +134,17 @@ def page_log(page: str) -> str:
     match = re.search(r'<pre id="log">(.*?)</pre>', page, re.S)
     assert match, page
     return match.group(1)
+
+
+def forge_api(url: str, **extra: Any) -> dict[str, Any]:
+    """A forge table whose API is the fake at `url`."""
+    return {"api_url": url, "token": API_TOKEN, "retry_for_seconds": 10, **extra}
+
+
+def gitlab_api(url: str) -> dict[str, Any]:
+    return {"webhook_token": GITLAB_TOKEN, **forge_api(url)}
+
+
+async def settle(client: Client) -> None:
+    await client.app[QUEUE].drain()
+    await client.app[FEEDBACK].settle()

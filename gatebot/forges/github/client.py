@@ -1,4 +1,5 @@
-"""GitHub's REST API for gatebot: commit statuses, commit comments and who may deploy.
+"""GitHub's REST API for gatebot: commit statuses, commit comments, who may deploy, and a
+commit's checks (check runs and statuses) for release gates.
 
 gatebot signs in with a token, or as a GitHub App: a short-lived RS256 JWT buys an installation
 token, cached until shortly before it expires. gidgethub builds the requests (URL templates
@@ -39,6 +40,7 @@ from gatebot.forges.base import (
     github_state,
     truncate,
 )
+from gatebot.gate import Check, check_run, commit_status
 from gatebot.settings import GitHubSettings
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,8 @@ ALLOWED_ROLES = frozenset({"admin", "maintain", "write"})
 _STATUSES = "/repos/{owner}/{repo}/statuses/{sha}"
 _COMMENTS = "/repos/{owner}/{repo}/commits/{sha}/comments"
 _PERMISSION = "/repos/{owner}/{repo}/collaborators/{username}/permission"
+_CHECK_RUNS = "/repos/{owner}/{repo}/commits/{sha}/check-runs?per_page=100"
+_COMBINED = "/repos/{owner}/{repo}/commits/{sha}/status?per_page=100"
 _ACCESS_TOKENS = "/app/installations/{installation_id}/access_tokens"
 
 
@@ -199,6 +203,20 @@ class GitHubClient:
 
         return await self._call(f"cannot check {username}'s permission on {repo.repo}", repo, ask)
 
+    async def commit_checks(self, commit: CommitRef) -> list[Check]:
+        """Check runs (GitHub Actions and other Apps) and commit statuses of the commit. The
+        check-runs API lists runs, so a suite another App opened without runs never shows."""
+
+        async def ask(token: str) -> list[Check]:
+            url_vars = _commit_vars(commit)
+            runs = await self._api.getitem(_CHECK_RUNS, url_vars, accept=ACCEPT, oauth_token=token)
+            combined = await self._api.getitem(
+                _COMBINED, url_vars, accept=ACCEPT, oauth_token=token
+            )
+            return parse_check_runs(runs) + parse_combined_status(combined)
+
+        return await self._call(f"cannot read the checks of {commit}", commit.repo, ask)
+
     async def close(self) -> None:
         self._installation_tokens.clear()
 
@@ -300,6 +318,43 @@ def _app_auth(settings: GitHubSettings) -> _AppAuth | None:
     return _AppAuth(
         settings.app_id, load_private_key(settings.private_key_file), settings.installation_id
     )
+
+
+def parse_check_runs(answer: Any) -> list[Check]:
+    """``GET .../commits/{sha}/check-runs``: ``{"total_count", "check_runs": [...]}``."""
+    runs = answer.get("check_runs") if isinstance(answer, Mapping) else None
+    checks = []
+    for run in runs if isinstance(runs, list) else []:
+        if not isinstance(run, Mapping) or not isinstance(run.get("name"), str):
+            continue
+        order = _id(run)
+        conclusion = run.get("conclusion")
+        checks.append(
+            check_run(
+                run["name"],
+                str(run.get("status") or "queued"),
+                conclusion if isinstance(conclusion, str) else None,
+                order,
+            )
+        )
+    return checks
+
+
+def parse_combined_status(answer: Any) -> list[Check]:
+    """``GET .../commits/{sha}/status``: the newest status of each context."""
+    statuses = answer.get("statuses") if isinstance(answer, Mapping) else None
+    checks = []
+    for status in statuses if isinstance(statuses, list) else []:
+        if not isinstance(status, Mapping) or not isinstance(status.get("context"), str):
+            continue
+        order = _id(status)
+        checks.append(commit_status(status["context"], str(status.get("state")), order))
+    return checks
+
+
+def _id(item: Mapping[str, Any]) -> int:
+    value = item.get("id")
+    return value if isinstance(value, int) else 0
 
 
 def _parse_installation_token(answer: Any) -> _InstallationToken | None:

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs, unquote_plus
 
-from gatebot.events import CommentCommand, Event, Ignored, Ping, Push, is_zero_sha
+from gatebot.events import ChecksChanged, CommentCommand, Event, Ignored, Ping, Push, is_zero_sha
 from gatebot.forges import (
     header,
     load_json_object,
@@ -39,6 +39,12 @@ EVENT_HEADER = "X-GitHub-Event"
 DELIVERY_HEADER = "X-GitHub-Delivery"
 
 _JSON = "application/json"
+# Events about a commit's checks, and where their payload names the commit.
+_CHECK_EVENTS = {
+    "check_run": "check_run.head_sha",
+    "check_suite": "check_suite.head_sha",
+    "status": "sha",
+}
 _FORM = "application/x-www-form-urlencoded"
 
 
@@ -118,6 +124,15 @@ def parse_event(headers: Mapping[str, str], payload: Mapping[str, Any]) -> Event
         return _push(payload, delivery_id)
     if event == "commit_comment":
         return _commit_comment(payload, delivery_id)
+    if event in _CHECK_EVENTS:
+        return ChecksChanged(
+            forge="github",
+            repo=require_str(payload, "repository.full_name"),
+            sha=require_sha(payload, _CHECK_EVENTS[event]),
+            delivery_id=delivery_id,
+            event_name=event,
+            installation_id=optional_int(payload, "installation.id"),
+        )
     return Ignored(
         forge="github",
         delivery_id=delivery_id,

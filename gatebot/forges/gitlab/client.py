@@ -1,4 +1,5 @@
-"""GitLab's REST API for gatebot: commit statuses, commit comments and who may deploy.
+"""GitLab's REST API for gatebot: commit statuses, commit comments, who may deploy, and a
+commit's statuses (one per CI job) for release gates.
 
 gatebot signs in with an access token sent as ``PRIVATE-TOKEN``. gidgetlab builds the requests
 (paths joined to ``api_url``, so a GitLab served under a sub-path works; headers; JSON) and
@@ -34,6 +35,7 @@ from gatebot.forges.base import (
     gitlab_state,
     truncate,
 )
+from gatebot.gate import Check, gitlab_status
 from gatebot.settings import GitLabSettings
 
 log = logging.getLogger(__name__)
@@ -157,6 +159,16 @@ class GitLabClient:
 
         return await self._call(f"cannot check {username}'s access to {repo.repo}", repo, ask)
 
+    async def commit_checks(self, commit: CommitRef) -> list[Check]:
+        """The commit's statuses: each CI job's (on every pipeline of the commit) and external
+        ones; the newest of each name wins (`gatebot.gate.newest`)."""
+        path = _commit_path(commit, "repository/commits") + "/statuses"
+
+        async def ask() -> list[Check]:
+            return parse_statuses(await self._api.getitem(path, {"per_page": "100", "all": "true"}))
+
+        return await self._call(f"cannot read the statuses of {commit}", commit.repo, ask)
+
     async def close(self) -> None:
         """Nothing is cached; the caller closes the session."""
 
@@ -187,6 +199,23 @@ class GitLabClient:
                 uid = user.get("id")
                 return uid if isinstance(uid, int) else None
         return None
+
+
+def parse_statuses(answer: Any) -> list[Check]:
+    """``GET /projects/:id/repository/commits/:sha/statuses``: a list of statuses."""
+    checks = []
+    for status in answer if isinstance(answer, list) else []:
+        if not isinstance(status, Mapping) or not isinstance(status.get("name"), str):
+            continue
+        order = _id(status)
+        allowed = status.get("allow_failure") is True
+        checks.append(gitlab_status(status["name"], str(status.get("status")), allowed, order))
+    return checks
+
+
+def _id(item: Mapping[str, Any]) -> int:
+    value = item.get("id")
+    return value if isinstance(value, int) else 0
 
 
 def _commit_path(commit: CommitRef, collection: str) -> str:

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gatebot.errors import ConfigError
-from gatebot.events import CommentCommand, Event, Ignored, Push, is_zero_sha
+from gatebot.events import ChecksChanged, CommentCommand, Event, Ignored, Push, is_zero_sha
 from gatebot.forges import (
     check_sha,
     header,
@@ -55,7 +55,13 @@ _JSON = "application/json"
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 # X-Gitlab-Event -> the object_kind its payload must carry (headers are not signed).
-_KINDS = {"Push Hook": "push", "Tag Push Hook": "tag_push", "Note Hook": "note"}
+_KINDS = {
+    "Push Hook": "push",
+    "Tag Push Hook": "tag_push",
+    "Note Hook": "note",
+    "Pipeline Hook": "pipeline",
+    "Job Hook": "build",
+}
 
 
 # --- verification -------------------------------------------------------------------------
@@ -210,6 +216,8 @@ def parse_event(headers: Mapping[str, str], payload: Mapping[str, Any]) -> Event
         )
     if kind == "note":
         return _note(payload, delivery)
+    if kind in ("pipeline", "build"):
+        return _checks(payload, delivery, event, kind)
     return _push(payload, delivery, event)
 
 
@@ -247,6 +255,19 @@ def _push(payload: Mapping[str, Any], delivery: str, event: str) -> Event:
         pusher=require_str(payload, "user_username"),
         delivery_id=delivery,
         is_tag=is_tag,
+        project_id=_project_id(payload),
+    )
+
+
+def _checks(payload: Mapping[str, Any], delivery: str, event: str, kind: str) -> Event:
+    """A pipeline or a CI job changed: the gate watcher asks about the commit now."""
+    sha_path = "object_attributes.sha" if kind == "pipeline" else "sha"
+    return ChecksChanged(
+        forge="gitlab",
+        repo=require_str(payload, "project.path_with_namespace"),
+        sha=require_sha(payload, sha_path),
+        delivery_id=delivery,
+        event_name=event,
         project_id=_project_id(payload),
     )
 
