@@ -203,7 +203,8 @@ async def project_state(app: web.Application, project: ProjectSettings) -> Proje
     if deploying is not None:
         steps = await deployments.steps(deploying.id)
         stage = steps[-1].stage if steps else None
-    queued = (await engine.store.jobs.counts(project.name)).get(JobState.QUEUED, 0)
+    counts = await engine.store.jobs.counts(project.name)
+    queued = counts.get(JobState.QUEUED, 0) + counts.get(JobState.WAITING, 0)
     newest = await deployments.history(project.name, limit=1)
     failure = newest[0] if newest and newest[0].status is Status.FAILED else None
     return ProjectState(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 from urllib.parse import quote, urlencode
 
 from gatebot.api.layout import clock, document, e
@@ -261,12 +262,14 @@ def _job_row(job: Job, viewer: Viewer, secrets: tuple[str, ...]) -> str:
     if job.deployment_id:
         link += f' · <a href="/deployments/{job.deployment_id}">deployment</a>'
     cancel = ""
-    if job.state is JobState.QUEUED and viewer.can_deploy:
+    if job.state in (JobState.QUEUED, JobState.WAITING) and viewer.can_deploy:
         cancel = (
             f'<form class="inline" method="post" action="/jobs/{job.id}/cancel">{_csrf(viewer)}'
             f'<button aria-label="Cancel job {job.id}">Cancel</button></form>'
         )
     error = f'<span class="error">{e(redact(job.error, secrets))}</span>' if job.error else ""
+    if job.state is JobState.WAITING:
+        error = f'<span class="dim">{e(gate_text(job.gate))}</span>' + error
     return (
         f'<tr data-job="{job.id}"><td class="num">{link}</td><td>{e(what)}</td>'
         f'<td class="j-{e(job.state)}">{e(job.state)}</td><td>{e(job.trigger)}</td>'
@@ -367,10 +370,23 @@ def rollback_choices(history: list[Deployment], active: Deployment | None) -> li
 # --- a job's page, sign-in, messages ----------------------------------------------------------
 
 
+def gate_text(gate: dict[str, Any] | None) -> str:
+    """What a gated job waits (or waited) for, in words: "waits for checks: test, lint"."""
+    if not gate:
+        return "waits for its commit's checks"
+    pending = [str(n) for n in gate.get("pending") or []]
+    failed = [str(n) for n in gate.get("failed") or []]
+    if failed:
+        return f"checks failed: {', '.join(failed)}"
+    if pending:
+        return f"waits for checks: {', '.join(pending)}"
+    return str(gate.get("reason") or "waits for its commit's checks")
+
+
 def render_job(bar: Bar, job: Job, nonce: str, secrets: tuple[str, ...]) -> str:
     """A job that has no deployment yet: it reloads itself until it has one (the handler then
     sends the browser on to the deployment's page), or says how it ended."""
-    waiting = job.state in (JobState.QUEUED, JobState.RUNNING)
+    waiting = job.state in (JobState.QUEUED, JobState.WAITING, JobState.RUNNING)
     head = '<meta http-equiv="refresh" content="1">' if waiting else ""
     note = (
         '<p class="live" role="status">waiting for the job to start its deployment; this page '
@@ -379,6 +395,8 @@ def render_job(bar: Bar, job: Job, nonce: str, secrets: tuple[str, ...]) -> str:
         else ""
     )
     error = f'<p class="error">{e(redact(job.error, secrets))}</p>' if job.error else ""
+    if job.gate is not None:
+        error = f'<p id="gate">{e(gate_text(job.gate))}</p>' + error
     what = f"{job.kind} of {job.project}"
     body = f"""{top_bar(bar)}
 <header><h1>Job {job.id}: {e(what)}</h1>

@@ -13,6 +13,7 @@ from gatebot.api.dashboard_render import (
     Viewer,
     commit_base,
     first_line,
+    gate_text,
     page_number,
     queue_state,
     render_job,
@@ -305,3 +306,35 @@ def test_small_helpers() -> None:
     )
     for raw, expected in ((None, 1), ("2", 2), ("0", 1), ("-3", 1), ("x", 1), ("9" * 40, 1)):
         assert page_number(raw) == expected, raw
+
+
+def test_a_gated_job_says_what_it_waits_for_and_can_be_cancelled() -> None:
+    gate = {"required": ["test", "lint"], "pending": ["lint"], "failed": [], "passed": ["test"]}
+    waiting = job(state=JobState.WAITING, gate=gate)
+    page = render_job(bar(), waiting, NONCE, ())
+    assert '<p id="gate">waits for checks: lint</p>' in page
+    assert '<meta http-equiv="refresh" content="1">' in page
+    s = settings()
+    project = render_project(
+        bar(DEPLOYER),
+        state(s),
+        history=[],
+        page=1,
+        more=False,
+        jobs=[waiting],
+        choices=[],
+        nonce=NONCE,
+        secrets=(),
+    )
+    row = re.search(r'<tr data-job="9">.*?</tr>', project, re.S)
+    assert row, project
+    assert "waits for checks: lint" in row.group(0)
+    assert 'aria-label="Cancel job 9"' in row.group(0)
+
+
+def test_gate_text_names_failed_checks_first() -> None:
+    assert gate_text({"pending": ["a"], "failed": ["b"]}) == "checks failed: b"
+    assert gate_text(None) == "waits for its commit's checks"
+    assert gate_text({"pending": [], "failed": [], "reason": "waiting for checks to appear"}) == (
+        "waiting for checks to appear"
+    )
