@@ -48,7 +48,9 @@ class Server:
         self.setup = setup
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        project = setup.project(forge_repo=f"acme/{setup.name}", health=SLOW)
+        # No webhook secret is configured, so polling would deploy the head at start-up: off,
+        # the browser does the deploying here.
+        project = setup.project(forge_repo=f"acme/{setup.name}", health=SLOW, poll_interval=0)
         tables: dict[str, dict[str, Any]] = {
             "server": {
                 "data_dir": str(setup.data_dir),
