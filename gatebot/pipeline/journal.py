@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -25,6 +26,10 @@ from gatebot.store.db import utcnow
 from gatebot.store.deployments import Deployments
 
 log = logging.getLogger("gatebot.pipeline")
+
+# Fault injection (tests/faults): a process started with this variable naming a stage kills
+# itself with SIGKILL the moment that stage is recorded done, as a crash at that point would.
+CRASH_AFTER_ENV = "GATEBOT_TEST_CRASH_AFTER"
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,8 @@ class Journal:
             self.deployment_id, name, message, output=output, duration=duration
         )
         self.emit(JournalEvent(self.deployment_id, "done", name, message, duration))
+        if os.environ.get(CRASH_AFTER_ENV) == name:
+            os.kill(os.getpid(), signal.SIGKILL)
 
     async def _failed(
         self, record: StageRecord, reason: str, duration: float, logs: str | None = None

@@ -2,7 +2,8 @@
 
 First every configured project gets its nginx files (whether or not a release is live; nginx
 is tested and reloaded once, and only if a file changed). Then for each project, under its lock
-(a project another process is deploying is left alone):
+(a project another process is deploying is left alone; every deploy and rollback runs the
+same `repair` of its project first, under the lock it already holds):
 1. a deployment caught PENDING or DEPLOYING is marked FAILED;
 2. the ACTIVE deployment's container is started (or recreated) if it is not running, and
    health-checked; only if that fails is it marked FAILED;
@@ -78,6 +79,19 @@ async def reconcile(
                 await reconcile_project(engine, project, report)
         except LockHeld:
             report.skipped.append(project.name)
+    return report
+
+
+async def repair(engine: Engine, project: ProjectSettings) -> ReconcileReport:
+    """Reconcile one project whose lock the caller holds: what every deploy and rollback does
+    first, so that a process that died half-way (a killed CLI deploy) never leaves the route on
+    a container the database does not know is live, or its rows and container behind."""
+    report = ReconcileReport()
+    await reconcile_project(engine, project, report)
+    if report.interrupted or report.restarted or report.lost or report.removed_containers:
+        log.warning(
+            "repaired before deploying: %s", report.summary(), extra={"project": project.name}
+        )
     return report
 
 
