@@ -22,7 +22,7 @@ from gatebot.errors import GatebotError, RuntimeFailure, SourceError, StageFaile
 from gatebot.model import IN_FLIGHT, LIVE_ONCE, Slot, Status
 from gatebot.pipeline.engine import Engine, image_repository, image_tag, pick_slot
 from gatebot.pipeline.health import wait_healthy
-from gatebot.pipeline.journal import Journal, Listener
+from gatebot.pipeline.journal import Journal, Listener, describe
 from gatebot.pipeline.reconcile import repair
 from gatebot.pipeline.watch import watch_window
 from gatebot.runtime.base import LABEL_DEPLOYMENT, BuildSpec
@@ -30,6 +30,8 @@ from gatebot.settings import ProjectSettings
 from gatebot.store.deployments import Deployment
 
 log = logging.getLogger("gatebot.pipeline")
+# Pauses between attempts to record a deployment FAILED while the database refuses the write.
+FAIL_RETRY_SECONDS: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
 async def deploy(
@@ -106,14 +108,46 @@ async def _deploy(
                 deployment.id, old_id=active.id if active else None
             )
             stage.message = f"v{deployment.version} is ACTIVE"
-    except StageFailed as failure:
+    except Exception as exc:  # a stage's failure, or a database write between stages
+        failure = exc if isinstance(exc, StageFailed) else stage_failure(journal, exc)
         await undo(engine, project, deployment, active, slot, switched, journal)
-        await deployments.fail(deployment.id, stage=failure.stage, error=failure.reason)
-        raise
+        await record_failure(engine, deployment, failure)
+        if failure is exc:
+            raise
+        raise failure from exc
     await journal.note("live", f"v{deployment.version} live on {slot.color} (port {slot.port})")
     await watch_window(engine, project, deployment, active, slot, journal)
     await retire(engine, project, active, journal)
     return deployment
+
+
+def stage_failure(journal: Journal, exc: Exception) -> StageFailed:
+    """An exception raised outside any stage's own handling, as the running stage's failure
+    (between stages: the step that writes the new status, "record")."""
+    stage = journal.running or "record"
+    log.error("deployment %s failed at %s: %r", journal.deployment_id, stage, exc)
+    return StageFailed(stage, journal.redact(describe(exc)))
+
+
+async def record_failure(engine: Engine, deployment: Deployment, failure: StageFailed) -> None:
+    """Record FAILED, trying again while the database refuses (locked, full) for a bounded
+    time; after that the row stays in flight for reconciliation to fail."""
+    for pause in (*FAIL_RETRY_SECONDS, None):
+        try:
+            await engine.store.deployments.fail(
+                deployment.id, stage=failure.stage, error=failure.reason
+            )
+            return
+        except Exception as exc:
+            if pause is None:
+                log.error(
+                    "could not record deployment %s FAILED (%s); reconciliation will",
+                    deployment.id,
+                    describe(exc),
+                    extra={"project": deployment.project, "deployment": deployment.id},
+                )
+                return
+            await asyncio.sleep(pause)
 
 
 def refuse_live_slot(engine: Engine, project: ProjectSettings, slot: Slot) -> None:

@@ -29,6 +29,7 @@ from gatebot.errors import GatebotError, LockHeld
 from gatebot.model import Slot, Status
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.health import wait_healthy
+from gatebot.pipeline.journal import last_stage
 from gatebot.redact import redact, secrets_of
 from gatebot.runtime.base import LABEL_DEPLOYMENT
 from gatebot.settings import ProjectSettings
@@ -87,7 +88,7 @@ async def repair(engine: Engine, project: ProjectSettings) -> ReconcileReport:
     first, so that a process that died half-way (a killed CLI deploy) never leaves the route on
     a container the database does not know is live, or its rows and container behind."""
     report = ReconcileReport()
-    await reconcile_project(engine, project, report)
+    await reconcile_project(engine, project, report, files=False)  # the switch writes them
     if report.interrupted or report.restarted or report.lost or report.removed_containers:
         log.warning(
             "repaired before deploying: %s", report.summary(), extra={"project": project.name}
@@ -96,7 +97,7 @@ async def repair(engine: Engine, project: ProjectSettings) -> ReconcileReport:
 
 
 async def reconcile_project(
-    engine: Engine, project: ProjectSettings, report: ReconcileReport
+    engine: Engine, project: ProjectSettings, report: ReconcileReport, *, files: bool = True
 ) -> None:
     deployments = engine.store.deployments
     for stuck in await deployments.with_status(
@@ -116,7 +117,7 @@ async def reconcile_project(
 
     # Route to the live release first, so nothing removed below is still receiving traffic.
     engine.proxy.set_watch(project.name, False)
-    if await engine.route_to(project, active):
+    if await engine.route_to(project, active, files=files):
         report.routes_changed.append(project.name)
         await asyncio.sleep(project.drain_seconds)
 
@@ -130,8 +131,10 @@ async def reconcile_project(
 
 async def _fail_interrupted(engine: Engine, deployment: Deployment) -> None:
     """Mark FAILED; its container, if any, goes with the strays once nginx is right."""
-    steps = await engine.store.deployments.steps(deployment.id)
-    stage = steps[-1].stage if steps else "queued"
+    stage = last_stage(engine.log_path(deployment.id))
+    if stage is None:
+        steps = await engine.store.deployments.steps(deployment.id)
+        stage = steps[-1].stage if steps else "queued"
     await engine.store.deployments.fail(
         deployment.id, stage=stage, error="interrupted: gatebot stopped during this deployment"
     )

@@ -15,7 +15,7 @@ from typing import Final
 
 from gatebot.errors import LiveReleaseChanged, NothingToRollBack, StageFailed
 from gatebot.model import Status
-from gatebot.pipeline.deploy import refuse_live_slot, retire, undo
+from gatebot.pipeline.deploy import refuse_live_slot, retire, stage_failure, undo
 from gatebot.pipeline.engine import Engine, pick_slot
 from gatebot.pipeline.health import wait_healthy
 from gatebot.pipeline.journal import Listener
@@ -86,9 +86,11 @@ async def rollback(
                     target.id, old_id=active.id if active else None, slot=slot
                 )
                 stage.message = f"v{target.version} is ACTIVE again"
-        except StageFailed:
+        except Exception as exc:  # a stage's failure, or a database write between stages
             await undo(engine, project, target, active, slot, switched, journal)
-            raise
+            if isinstance(exc, StageFailed):
+                raise
+            raise stage_failure(journal, exc) from exc
         await journal.note("live", f"v{target.version} live on {slot.color} (port {slot.port})")
         await watch_window(engine, project, target, active, slot, journal)
         await retire(engine, project, active, journal, prune=False)

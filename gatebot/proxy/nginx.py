@@ -259,7 +259,7 @@ class NginxProxy:
             wanted = self._wanted(projects)
             if not wanted:
                 return []
-            self.layout.log_dir.mkdir(parents=True, exist_ok=True)
+            self.layout.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # in data_dir
             changed = sorted(
                 {p.name for p in projects for k in KINDS if self.path(p.name, k) in wanted}
             )

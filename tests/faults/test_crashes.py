@@ -45,4 +45,4 @@ async def test_cli_deploy_killed_after_the_switch_then_a_queue_deploy_drops_noth
     assert await live_version(setup) == "v3"
     history = await engine.store.deployments.history(setup.name, limit=10)
     killed = next(d for d in history if d.version == 2)
-    assert killed.error and "interrupted" in killed.error
+    assert killed.error and "interrupted" in killed.error and killed.failed_stage == "switch"

@@ -1,16 +1,19 @@
 """Small pieces the fault-injection tests (tests/faults) share: a CLI deploy killed at a stage,
 a steady load through nginx that is started and stopped around a fault, what a project's
-state is once repaired."""
+state is once repaired, a write lock on the database held by another connection."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import docker
@@ -61,3 +64,48 @@ async def assert_repaired(
     }
     assert names == {active[0].container}
     return active[0]
+
+
+@contextmanager
+def write_lock_held(db_path: Path, seconds: float) -> Iterator[threading.Thread]:
+    """From the moment it is entered, a second SQLite connection holds the write lock of
+    `db_path` for `seconds` (BEGIN IMMEDIATE in a thread), as a stuck writer would; the
+    block's end waits for it to let go."""
+    taken = threading.Event()
+
+    def hold() -> None:
+        conn = sqlite3.connect(db_path, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            taken.set()
+            time.sleep(seconds)
+            conn.execute("ROLLBACK")
+        finally:
+            conn.close()
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    assert taken.wait(10), "could not take the write lock"
+    try:
+        yield thread
+    finally:
+        thread.join()
+
+
+def flaky_command(tmp_path: Path, name: str, real: list[str]) -> tuple[list[str], Path]:
+    """`real` behind a wrapper that runs it and then, while the control file returned says
+    `fail`, exits 1 all the same (a reload_cmd that reloads and then reports failure); the
+    argument list to configure and the control file."""
+    control = tmp_path / f"{name}.control"
+    script = tmp_path / f"{name}.sh"
+    script.write_text(
+        "#!/bin/sh\n"
+        '"$@"\n'
+        "rc=$?\n"
+        f'if [ "$(cat {control} 2>/dev/null)" = fail ]; then\n'
+        f'    echo "{name}: told to fail"; exit 1\n'
+        "fi\n"
+        "exit $rc\n"
+    )
+    script.chmod(0o755)
+    return [str(script), *real], control
