@@ -16,12 +16,13 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
+import aiohttp
 import docker
 
 from gatebot.model import IN_FLIGHT, Status
 from gatebot.pipeline.journal import CRASH_AFTER_ENV
 from gatebot.store.deployments import Deployment, Deployments
-from tests.support.http import LoadResult, steady_load
+from tests.support.http import LoadResult, get_text, steady_load
 
 
 def cli_deploy_killed_after(stage: str, config: Path, project: str) -> None:
@@ -94,7 +95,8 @@ def write_lock_held(db_path: Path, seconds: float) -> Iterator[threading.Thread]
 
 def flaky_command(tmp_path: Path, name: str, real: list[str]) -> tuple[list[str], Path]:
     """`real` behind a wrapper that runs it and then, while the control file returned says
-    `fail`, exits 1 all the same (a reload_cmd that reloads and then reports failure); the
+    `fail`, waits a second (nginx reloads a moment after its command returns) and exits 1 all the
+same (a reload_cmd that reloads and then reports failure); the
     argument list to configure and the control file."""
     control = tmp_path / f"{name}.control"
     script = tmp_path / f"{name}.sh"
@@ -103,9 +105,24 @@ def flaky_command(tmp_path: Path, name: str, real: list[str]) -> tuple[list[str]
         '"$@"\n'
         "rc=$?\n"
         f'if [ "$(cat {control} 2>/dev/null)" = fail ]; then\n'
-        f'    echo "{name}: told to fail"; exit 1\n'
+        f'    sleep 1; echo "{name}: told to fail"; exit 1\n'  # nginx has reloaded by then
         "fi\n"
         "exit $rc\n"
     )
     script.chmod(0o755)
     return [str(script), *real], control
+
+
+async def eventually_serving(url: str, expected: str, within: float = 10.0) -> tuple[int, str]:
+    """What `url` answers once it answers 200 `expected`, or at the end of `within` seconds
+    (an nginx reload takes effect a moment after its command returns, any status before)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        try:
+            answer = await get_text(url)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            answer = (0, f"{type(exc).__name__}")
+        if answer == (200, expected) or loop.time() > deadline:
+            return answer
+        await asyncio.sleep(0.1)
