@@ -1,8 +1,10 @@
 """The blue-green deploy, as a straight line of stages:
 
-lock -> source -> pick slot -> record DEPLOYING -> build -> run -> health -> switch (flip the
-route marker; no nginx reload) -> record ACTIVE -> watch window (the old slot still running) ->
-drain and retire the old slot -> unlock.
+lock -> repair (reconcile the project, so a process that died half-way leaves nothing behind)
+-> source -> pick slot -> record DEPLOYING -> build -> run -> health -> switch (flip the route
+marker; no nginx reload) -> record ACTIVE -> watch window (the old slot still running) ->
+drain and retire the old slot -> unlock. The container the live route points at is never
+replaced or removed.
 
 Any failure before the switch is recorded removes the new container and records FAILED; the
 live release never stops serving. A bad verdict in the watch window flips the route back and
@@ -16,17 +18,20 @@ import contextlib
 import logging
 from pathlib import Path
 
-from gatebot.errors import GatebotError, SourceError, StageFailed
+from gatebot.errors import GatebotError, RuntimeFailure, SourceError, StageFailed
 from gatebot.model import IN_FLIGHT, LIVE_ONCE, Slot, Status
 from gatebot.pipeline.engine import Engine, image_repository, image_tag, pick_slot
 from gatebot.pipeline.health import wait_healthy
-from gatebot.pipeline.journal import Journal, Listener
+from gatebot.pipeline.journal import Journal, Listener, describe
+from gatebot.pipeline.reconcile import repair
 from gatebot.pipeline.watch import watch_window
 from gatebot.runtime.base import LABEL_DEPLOYMENT, BuildSpec
 from gatebot.settings import ProjectSettings
 from gatebot.store.deployments import Deployment
 
 log = logging.getLogger("gatebot.pipeline")
+# Pauses between attempts to record a deployment FAILED while the database refuses the write.
+FAIL_RETRY_SECONDS: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
 async def deploy(
@@ -43,6 +48,7 @@ async def deploy(
     """
     project = engine.settings.project(project_name)
     async with engine.locks.hold(project.name, f"deploy by {trigger}"):
+        await repair(engine, project)  # another process may have died half-way (a CLI deploy)
         deployment = await engine.store.deployments.create(project.name, trigger)
         journal = engine.journal(deployment, listeners)
         await journal.note("queued", f"deploy v{deployment.version} started by {trigger}")
@@ -81,6 +87,7 @@ async def _deploy(
             )
             stage.message = f"built {image}"
         async with journal.stage("run") as stage:
+            refuse_live_slot(engine, project, slot)
             spec = engine.container_spec(project, deployment, image, slot)
             await engine.runtime.run(spec)
             stage.message = f"started {slot.container} ({slot.color}) on port {slot.port}"
@@ -101,14 +108,55 @@ async def _deploy(
                 deployment.id, old_id=active.id if active else None
             )
             stage.message = f"v{deployment.version} is ACTIVE"
-    except StageFailed as failure:
+    except Exception as exc:  # a stage's failure, or a database write between stages
+        failure = exc if isinstance(exc, StageFailed) else stage_failure(journal, exc)
         await undo(engine, project, deployment, active, slot, switched, journal)
-        await deployments.fail(deployment.id, stage=failure.stage, error=failure.reason)
-        raise
+        await record_failure(engine, deployment, failure)
+        if failure is exc:
+            raise
+        raise failure from exc
     await journal.note("live", f"v{deployment.version} live on {slot.color} (port {slot.port})")
     await watch_window(engine, project, deployment, active, slot, journal)
     await retire(engine, project, active, journal)
     return deployment
+
+
+def stage_failure(journal: Journal, exc: Exception) -> StageFailed:
+    """An exception raised outside any stage's own handling, as the running stage's failure
+    (between stages: the step that writes the new status, "record")."""
+    stage = journal.running or "record"
+    log.error("deployment %s failed at %s: %r", journal.deployment_id, stage, exc)
+    return StageFailed(stage, journal.redact(describe(exc)))
+
+
+async def record_failure(engine: Engine, deployment: Deployment, failure: StageFailed) -> None:
+    """Record FAILED, trying again while the database refuses (locked, full) for a bounded
+    time; after that the row stays in flight for reconciliation to fail."""
+    for pause in (*FAIL_RETRY_SECONDS, None):
+        try:
+            await engine.store.deployments.fail(
+                deployment.id, stage=failure.stage, error=failure.reason
+            )
+            return
+        except Exception as exc:
+            if pause is None:
+                log.error(
+                    "could not record deployment %s FAILED (%s); reconciliation will",
+                    deployment.id,
+                    describe(exc),
+                    extra={"project": deployment.project, "deployment": deployment.id},
+                )
+                return
+            await asyncio.sleep(pause)
+
+
+def refuse_live_slot(engine: Engine, project: ProjectSettings, slot: Slot) -> None:
+    """Never replace the container the live route points at: after `repair` the route and
+    the database agree, so this only trips when something changed them behind our back."""
+    if engine.proxy.route(project.name) is slot.color:
+        raise RuntimeFailure(
+            f"refusing to replace {slot.container}: {project.name}'s live route points at it"
+        )
 
 
 def build_spec(root: Path, project: ProjectSettings, image: str) -> BuildSpec:
@@ -158,6 +206,9 @@ async def undo(
             return
         await asyncio.sleep(project.drain_seconds)
     if slot is None:
+        return
+    if engine.proxy.route(project.name) is slot.color:  # it is taking the traffic
+        await journal.note("cleanup", f"kept {slot.container}: the live route points at it")
         return
     with contextlib.suppress(GatebotError):
         state = await engine.runtime.state(slot.container)

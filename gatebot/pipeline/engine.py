@@ -96,12 +96,15 @@ class Engine:
             stop_timeout=project.stop_timeout,
         )
 
-    async def route_to(self, project: ProjectSettings, live: Deployment | None) -> bool:
+    async def route_to(
+        self, project: ProjectSettings, live: Deployment | None, *, files: bool = True
+    ) -> bool:
         """Send the project's traffic to `live`'s slot (None: nothing is live, nginx answers
         503). The project's files are written first if they changed (then, and only then,
-        nginx is tested and reloaded); the switch itself is a marker flip. Returns whether
-        the route changed."""
-        await self.proxy.ensure([project])
+        nginx is tested and reloaded) unless `files` is False; the switch itself is a marker
+        flip. Returns whether the route changed."""
+        if files:
+            await self.proxy.ensure([project])
         color = live.color if live is not None and live.port is not None else None
         note = f"live: v{live.version} ({live.color}), deployment {live.id}" if live else ""
         return self.proxy.set_route(project.name, color, note=note)

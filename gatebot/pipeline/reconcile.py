@@ -2,7 +2,8 @@
 
 First every configured project gets its nginx files (whether or not a release is live; nginx
 is tested and reloaded once, and only if a file changed). Then for each project, under its lock
-(a project another process is deploying is left alone):
+(a project another process is deploying is left alone; every deploy and rollback runs the
+same `repair` of its project first, under the lock it already holds):
 1. a deployment caught PENDING or DEPLOYING is marked FAILED;
 2. the ACTIVE deployment's container is started (or recreated) if it is not running, and
    health-checked; only if that fails is it marked FAILED;
@@ -28,6 +29,7 @@ from gatebot.errors import GatebotError, LockHeld
 from gatebot.model import Slot, Status
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.health import wait_healthy
+from gatebot.pipeline.journal import last_stage
 from gatebot.redact import redact, secrets_of
 from gatebot.runtime.base import LABEL_DEPLOYMENT
 from gatebot.settings import ProjectSettings
@@ -81,8 +83,21 @@ async def reconcile(
     return report
 
 
+async def repair(engine: Engine, project: ProjectSettings) -> ReconcileReport:
+    """Reconcile one project whose lock the caller holds: what every deploy and rollback does
+    first, so that a process that died half-way (a killed CLI deploy) never leaves the route on
+    a container the database does not know is live, or its rows and container behind."""
+    report = ReconcileReport()
+    await reconcile_project(engine, project, report, files=False)  # the switch writes them
+    if report.interrupted or report.restarted or report.lost or report.removed_containers:
+        log.warning(
+            "repaired before deploying: %s", report.summary(), extra={"project": project.name}
+        )
+    return report
+
+
 async def reconcile_project(
-    engine: Engine, project: ProjectSettings, report: ReconcileReport
+    engine: Engine, project: ProjectSettings, report: ReconcileReport, *, files: bool = True
 ) -> None:
     deployments = engine.store.deployments
     for stuck in await deployments.with_status(
@@ -102,7 +117,7 @@ async def reconcile_project(
 
     # Route to the live release first, so nothing removed below is still receiving traffic.
     engine.proxy.set_watch(project.name, False)
-    if await engine.route_to(project, active):
+    if await engine.route_to(project, active, files=files):
         report.routes_changed.append(project.name)
         await asyncio.sleep(project.drain_seconds)
 
@@ -116,8 +131,10 @@ async def reconcile_project(
 
 async def _fail_interrupted(engine: Engine, deployment: Deployment) -> None:
     """Mark FAILED; its container, if any, goes with the strays once nginx is right."""
-    steps = await engine.store.deployments.steps(deployment.id)
-    stage = steps[-1].stage if steps else "queued"
+    stage = last_stage(engine.log_path(deployment.id))
+    if stage is None:
+        steps = await engine.store.deployments.steps(deployment.id)
+        stage = steps[-1].stage if steps else "queued"
     await engine.store.deployments.fail(
         deployment.id, stage=stage, error="interrupted: gatebot stopped during this deployment"
     )

@@ -15,10 +15,11 @@ from typing import Final
 
 from gatebot.errors import LiveReleaseChanged, NothingToRollBack, StageFailed
 from gatebot.model import Status
-from gatebot.pipeline.deploy import retire, undo
+from gatebot.pipeline.deploy import refuse_live_slot, retire, stage_failure, undo
 from gatebot.pipeline.engine import Engine, pick_slot
 from gatebot.pipeline.health import wait_healthy
 from gatebot.pipeline.journal import Listener
+from gatebot.pipeline.reconcile import repair
 from gatebot.pipeline.watch import watch_window
 from gatebot.store.deployments import Deployment
 
@@ -45,6 +46,7 @@ async def rollback(
     project = engine.settings.project(project_name)
     deployments = engine.store.deployments
     async with engine.locks.hold(project.name, f"rollback by {trigger}"):
+        await repair(engine, project)
         active = await deployments.active(project.name)
         if not isinstance(expect_active, _AnyActive) and expect_active != (
             active.id if active else None
@@ -61,6 +63,7 @@ async def rollback(
         try:
             async with journal.stage("run") as stage:
                 assert target.image is not None
+                refuse_live_slot(engine, project, slot)
                 spec = engine.container_spec(project, target, target.image, slot)
                 await engine.runtime.run(spec)
                 stage.message = f"started {slot.container} ({slot.color}) on port {slot.port}"
@@ -83,9 +86,11 @@ async def rollback(
                     target.id, old_id=active.id if active else None, slot=slot
                 )
                 stage.message = f"v{target.version} is ACTIVE again"
-        except StageFailed:
+        except Exception as exc:  # a stage's failure, or a database write between stages
             await undo(engine, project, target, active, slot, switched, journal)
-            raise
+            if isinstance(exc, StageFailed):
+                raise
+            raise stage_failure(journal, exc) from exc
         await journal.note("live", f"v{target.version} live on {slot.color} (port {slot.port})")
         await watch_window(engine, project, target, active, slot, journal)
         await retire(engine, project, active, journal, prune=False)

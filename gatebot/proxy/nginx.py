@@ -253,11 +253,13 @@ class NginxProxy:
 
         On a failed test or reload every file is put back as it was and ProxyError carries
         nginx's message."""
-        if not self._wanted(projects):
+        if not self._wanted(projects) and not self._unloaded.exists():
             return []  # the common case, without waiting for another process's reload
         async with self._exclusive():
             wanted = self._wanted(projects)
             if not wanted:
+                if self._unloaded.exists():  # a reload that failed: load the files again
+                    await self._apply({})
                 return []
             self._private_logs(projects)
             changed = sorted(
@@ -301,6 +303,13 @@ class NginxProxy:
                 found.add(name)
         return sorted(found)
 
+    @property
+    def _unloaded(self) -> Path:
+        """Present from a reload's start until one succeeds: nginx may not run the files on
+        disk (a reload that failed or timed out may have loaded the files put back after it,
+        or not), so the next `ensure` tests and reloads even when no file changes."""
+        return self.conf_dir / ".gatebot-unloaded"
+
     async def _apply(self, wanted: dict[Path, str | None]) -> None:
         previous = {path: _read(path) for path in wanted}
         self.conf_dir.mkdir(parents=True, exist_ok=True)
@@ -320,17 +329,28 @@ class NginxProxy:
             restore()
             self._told("rejected")
             raise ProxyError(f"nginx rejected the new configuration: {result.output}")
+        _write(self._unloaded, f"{HEADER}: a reload is under way or failed\n")
         try:
             reload = await run_command(self.reload_cmd)
         except ProxyError:
             restore()
+            await self._reload_restored()
             self._told("failed")
             raise
         if reload.returncode != 0:
             restore()
+            await self._reload_restored()
             self._told("failed")
             raise ProxyError(f"nginx reload failed: {reload.output}")
+        _write(self._unloaded, None)
         self._told("ok")
+
+    async def _reload_restored(self) -> None:
+        """After a failed reload (which may have loaded the new files all the same), load the
+        files put back; if that fails too, the marker stays for the next `ensure`."""
+        with contextlib.suppress(ProxyError):
+            if (await run_command(self.reload_cmd)).returncode == 0:
+                _write(self._unloaded, None)
 
     # --- markers: the switch, no reload ---------------------------------------------------
 

@@ -27,6 +27,9 @@ from gatebot.store.migrations import MIGRATIONS
 
 T = TypeVar("T")
 log = logging.getLogger("gatebot.store")
+# How long a write waits for another connection's write lock before "database is locked";
+# read when a connection opens (the fault tests shorten it).
+BUSY_TIMEOUT_MS = 10_000
 
 
 async def _connect(path: Path, opened: list[aiosqlite.Connection]) -> aiosqlite.Connection:
@@ -36,7 +39,7 @@ async def _connect(path: Path, opened: list[aiosqlite.Connection]) -> aiosqlite.
         raise GatebotError(f"cannot open database {path}: {exc}") from None
     opened.append(conn)
     conn.row_factory = aiosqlite.Row
-    await conn.execute("PRAGMA busy_timeout=10000")
+    await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     await conn.execute("PRAGMA synchronous=NORMAL")
     return conn
 
@@ -162,7 +165,8 @@ class Database:
         if self._direct is None:
             conn = sqlite3.connect(self.path, isolation_level=None)
             conn.row_factory = sqlite3.Row
-            for pragma in ("busy_timeout=10000", "synchronous=NORMAL", "foreign_keys=ON"):
+            pragmas = (f"busy_timeout={BUSY_TIMEOUT_MS}", "synchronous=NORMAL", "foreign_keys=ON")
+            for pragma in pragmas:
                 conn.execute(f"PRAGMA {pragma}")
             self._direct = conn
         conn = self._direct

@@ -1,0 +1,48 @@
+"""A CLI deploy killed half-way while `serve` runs: the next queue deploy repairs the project
+under its lock first, and never replaces the container the live route points at."""
+
+from __future__ import annotations
+
+import asyncio
+
+import docker
+import pytest
+
+from gatebot.api.keys import ENGINE, QUEUE
+from tests.support.cli import config_file, gatebot
+from tests.support.deploys import live_version
+from tests.support.faults import assert_repaired, cli_deploy_killed_after, load_through
+from tests.support.server import ClientFactory, auth
+from tests.support.setup import Setup
+
+pytestmark = pytest.mark.faults
+
+
+async def test_cli_deploy_killed_after_the_switch_then_a_queue_deploy_drops_nothing(
+    setup: Setup, start_server: ClientFactory, docker_client: docker.DockerClient
+) -> None:
+    config = config_file(setup)
+    setup.repo.commit("v1")
+    first = await asyncio.to_thread(gatebot, "--config", str(config), "deploy", setup.name)
+    assert first.returncode == 0, first.stderr
+    client = await start_server()
+    engine = client.app[ENGINE]
+    async with load_through(f"{setup.site_url}/version") as load:
+        setup.repo.commit("v2")
+        await asyncio.to_thread(cli_deploy_killed_after, "switch", config, setup.name)
+        assert await live_version(setup) == "v2"  # routed, never recorded
+        setup.repo.commit("v3")
+        answer = await client.post(
+            "/api/v1/deploy", json={"projectId": setup.name}, headers=await auth(client)
+        )
+        assert answer.status == 202, await answer.text()
+        await client.app[QUEUE].drain()
+        await asyncio.sleep(0.3)
+    assert load.failures == [], f"{len(load.failures)} of {load.ok} failed: {load.failures[:3]}"
+    assert load.ok > 20
+    active = await assert_repaired(engine.store.deployments, docker_client, setup.name)
+    assert active.version == 3
+    assert await live_version(setup) == "v3"
+    history = await engine.store.deployments.history(setup.name, limit=10)
+    killed = next(d for d in history if d.version == 2)
+    assert killed.error and "interrupted" in killed.error and killed.failed_stage == "switch"
