@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -144,10 +145,19 @@ def stop_pid(pid: int, sig: signal.Signals = signal.SIGTERM, seconds: float = 10
         os.kill(pid, signal.SIGKILL)
 
 
+# Ports to listen on come from below Linux's ephemeral range (32768-60999 by default), where
+# no outgoing connection (the load, nginx to its upstreams, the tests' clients) takes a local
+# port that a container is about to bind; drawn at random, so that runs side by side rarely
+# pick the same one.
+_LISTEN_PORTS = (20000, 32000)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    for _ in range(1000):
+        port = random.randrange(*_LISTEN_PORTS)  # noqa: S311 - not for secrets
+        if port_is_free(port):
+            return port
+    raise RuntimeError(f"no free port in {_LISTEN_PORTS} on 127.0.0.1")
 
 
 def port_is_free(port: int) -> bool:
