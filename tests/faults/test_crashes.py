@@ -1,5 +1,5 @@
-"""A CLI deploy killed half-way while `serve` runs: the next queue deploy repairs the project
-under its lock first, and never replaces the container the live route points at."""
+"""A CLI deploy killed after each stage while `serve` runs: the next queue deploy repairs the
+project under its lock first, and never replaces the container the live route points at."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import docker
 import pytest
 
 from gatebot.api.keys import ENGINE, QUEUE
+from gatebot.model import Status
 from tests.support.cli import config_file, gatebot
 from tests.support.deploys import live_version
 from tests.support.faults import assert_repaired, cli_deploy_killed_after, load_through
@@ -18,8 +19,24 @@ from tests.support.setup import Setup
 pytestmark = pytest.mark.faults
 
 
-async def test_cli_deploy_killed_after_the_switch_then_a_queue_deploy_drops_nothing(
-    setup: Setup, start_server: ClientFactory, docker_client: docker.DockerClient
+# The stage the CLI dies after, and the release live at that moment (routed after the switch).
+KILLED_AFTER = [
+    ("source", "v1"),
+    ("build", "v1"),
+    ("run", "v1"),
+    ("health", "v1"),
+    ("switch", "v2"),  # routed, never recorded
+    ("record", "v2"),  # recorded, the old slot never retired
+]
+
+
+@pytest.mark.parametrize(("stage", "serving"), KILLED_AFTER)
+async def test_cli_deploy_killed_after_a_stage_then_a_queue_deploy_drops_nothing(
+    setup: Setup,
+    start_server: ClientFactory,
+    docker_client: docker.DockerClient,
+    stage: str,
+    serving: str,
 ) -> None:
     config = config_file(setup)
     setup.repo.commit("v1")
@@ -29,8 +46,8 @@ async def test_cli_deploy_killed_after_the_switch_then_a_queue_deploy_drops_noth
     engine = client.app[ENGINE]
     async with load_through(f"{setup.site_url}/version") as load:
         setup.repo.commit("v2")
-        await asyncio.to_thread(cli_deploy_killed_after, "switch", config, setup.name)
-        assert await live_version(setup) == "v2"  # routed, never recorded
+        await asyncio.to_thread(cli_deploy_killed_after, stage, config, setup.name)
+        assert await live_version(setup) == serving
         setup.repo.commit("v3")
         answer = await client.post(
             "/api/v1/deploy", json={"projectId": setup.name}, headers=await auth(client)
@@ -45,4 +62,8 @@ async def test_cli_deploy_killed_after_the_switch_then_a_queue_deploy_drops_noth
     assert await live_version(setup) == "v3"
     history = await engine.store.deployments.history(setup.name, limit=10)
     killed = next(d for d in history if d.version == 2)
-    assert killed.error and "interrupted" in killed.error and killed.failed_stage == "switch"
+    if stage == "record":  # it went live and stays in the history as the release before v3
+        assert killed.status is Status.ROLLED_BACK
+    else:
+        assert killed.status is Status.FAILED
+        assert killed.error and "interrupted" in killed.error
