@@ -6,7 +6,9 @@ is tested and reloaded once, and only if a file changed). Then for each project,
 same `repair` of its project first, under the lock it already holds):
 1. a deployment caught PENDING or DEPLOYING is marked FAILED;
 2. the ACTIVE deployment's container is started (or recreated) if it is not running, and
-   health-checked; only if that fails is it marked FAILED;
+   health-checked; only if that fails is it marked FAILED ("lost"), and then the newest
+   earlier once-live release whose image exists is made live in its place (an automatic
+   rollback, pipeline/rollback.py), or nothing is live when none can be;
 3. the route marker is set from the database: the ACTIVE deployment's slot, or nothing live
    (503), also after a crash between a flip and the database update; a watch window that was
    running is closed (then `drain_seconds` pass if the route moved, so requests in flight
@@ -43,6 +45,7 @@ class ReconcileReport:
     interrupted: list[int] = field(default_factory=list)  # deployments marked FAILED
     restarted: list[int] = field(default_factory=list)  # ACTIVE ones brought back
     lost: list[int] = field(default_factory=list)  # ACTIVE ones that could not be brought back
+    rolled_back: list[int] = field(default_factory=list)  # releases made live in place of lost
     removed_containers: list[str] = field(default_factory=list)
     nginx_changed: list[str] = field(default_factory=list)  # projects whose files changed
     routes_changed: list[str] = field(default_factory=list)  # projects whose marker moved
@@ -54,6 +57,7 @@ class ReconcileReport:
             f"{len(self.interrupted)} interrupted deployment(s) failed",
             f"{len(self.restarted)} live container(s) restarted",
             f"{len(self.lost)} lost",
+            f"{len(self.rolled_back)} rolled back automatically",
             f"{len(self.removed_containers)} stray container(s) removed",
             f"{len(self.nginx_changed)} project(s) with new nginx files",
             f"{len(self.routes_changed)} route(s) set",
@@ -111,7 +115,9 @@ async def reconcile_project(
         outcome = await _bring_back(engine, project, active)
         if outcome == "lost":
             report.lost.append(active.id)
-            active = None
+            active = await _roll_back(engine, project, active)
+            if active is not None:
+                report.rolled_back.append(active.id)
         elif outcome == "restarted":
             report.restarted.append(active.id)
 
@@ -143,6 +149,15 @@ async def _fail_interrupted(engine: Engine, deployment: Deployment) -> None:
         deployment.id,
         extra={"project": deployment.project, "deployment": deployment.id},
     )
+
+
+async def _roll_back(
+    engine: Engine, project: ProjectSettings, lost: Deployment
+) -> Deployment | None:
+    """The release made live in place of `lost` (an automatic rollback), or None: 503."""
+    from gatebot.pipeline.rollback import roll_back_lost  # rollback imports this module
+
+    return await roll_back_lost(engine, project, lost)
 
 
 async def _bring_back(engine: Engine, project: ProjectSettings, active: Deployment) -> str:
