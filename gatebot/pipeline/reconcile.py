@@ -18,7 +18,9 @@ same `repair` of its project first, under the lock it already holds):
    a crash cut short (that release stays ACTIVE: it passed its health check and was live).
 Afterwards nginx sends every project to its ACTIVE container, which is running.
 
-`prune` removes the files of projects that left the configuration, only when asked.
+`prune` removes the files of projects that left the configuration, only when asked. Nothing
+at all is done while the database records no deployment but gatebot's releases exist
+(pipeline/adopt.py): reconciling then would tear them down.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 
 from gatebot.errors import GatebotError, LockHeld
 from gatebot.model import Slot, Status
+from gatebot.pipeline.adopt import refuse_unrecorded
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.health import wait_healthy
 from gatebot.pipeline.journal import last_stage
@@ -72,6 +75,7 @@ class ReconcileReport:
 async def reconcile(
     engine: Engine, projects: list[str] | None = None, *, prune: bool = False
 ) -> ReconcileReport:
+    await refuse_unrecorded(engine)  # a new database beside live releases: touch nothing
     report = ReconcileReport()
     chosen = [p for p in engine.settings.projects if projects is None or p.name in projects]
     report.nginx_changed = await engine.proxy.ensure(chosen)
@@ -91,6 +95,7 @@ async def repair(engine: Engine, project: ProjectSettings) -> ReconcileReport:
     """Reconcile one project whose lock the caller holds: what every deploy and rollback does
     first, so that a process that died half-way (a killed CLI deploy) never leaves the route on
     a container the database does not know is live, or its rows and container behind."""
+    await refuse_unrecorded(engine)
     report = ReconcileReport()
     await reconcile_project(engine, project, report, files=False)  # the switch writes them
     if report.interrupted or report.restarted or report.lost or report.removed_containers:
