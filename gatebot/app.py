@@ -9,6 +9,9 @@ the gate watcher (`gatebot.gatewatch`, jobs waiting for their commit's checks) a
 shutdown lets running deploys finish (bounded by [queue] shutdown_timeout). When that
 start fails (Docker unreachable, nginx refusing the reconciled files, a locked database), the
 server still serves and tries again every STARTUP_RETRY_SECONDS; /readyz says why it waits.
+A new database beside running releases (pipeline/adopt.py) skips the reconciliation with an
+ERROR and starts the queue, whose deploys then fail saying why, until the database is restored
+or `gatebot reconcile --adopt` has run (seen at the next deploy; no restart needed).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from gatebot.api import dashboard, pages, probes, v1, webhooks
 from gatebot.api import metrics as metrics_api
 from gatebot.api.errors import body_reader, error_middleware
 from gatebot.api.keys import ENGINE, FEEDBACK, GATES, METRICS, QUEUE, SECRETS, SETTINGS
-from gatebot.errors import GatebotError, RuntimeUnavailable
+from gatebot.errors import GatebotError, RuntimeUnavailable, UnrecordedReleases
 from gatebot.feedback import Feedback
 from gatebot.feedback.comments import comment_runner
 from gatebot.gatewatch import GateWatcher
@@ -146,8 +149,12 @@ async def start_work(engine: Engine, queue: JobQueue) -> bool:
 
 async def _start_work(engine: Engine, queue: JobQueue) -> None:
     await engine.runtime.ping()
-    report = await reconcile(engine)
-    log.info("start-up reconciliation: %s", report.summary())
+    try:
+        report = await reconcile(engine)
+    except UnrecordedReleases as exc:  # deploys are refused the same way, /readyz says so
+        log.error("at start-up: %s", exc)
+    else:
+        log.info("start-up reconciliation: %s", report.summary())
     failed, requeued = await engine.store.jobs.recover_interrupted()
     for job in failed:
         log.warning("job %s was interrupted", job.id, extra={"project": job.project, "job": job.id})

@@ -107,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     reconcile.add_argument(
         "--prune", action="store_true", help="remove the nginx files of unconfigured projects"
     )
+    reconcile.add_argument(
+        "--adopt",
+        action="store_true",
+        help="first record gatebot's running containers as releases of projects the database "
+        "has no deployments of (after a lost database)",
+    )
 
     token = commands.add_parser("token", help="API tokens: create, list, revoke")
     actions = token.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -442,6 +448,12 @@ async def cmd_reconcile(engine: Engine, args: argparse.Namespace, console: Conso
     from gatebot.pipeline.reconcile import reconcile
 
     await engine.runtime.ping()
+    if args.adopt:
+        from gatebot.pipeline.adopt import adopt
+
+        chosen = [engine.settings.project(args.project)] if args.project else None
+        for line in await adopt(engine, chosen or engine.settings.projects, trigger=_trigger()):
+            console.say(line)
     report = await reconcile(engine, [args.project] if args.project else None, prune=args.prune)
     console.say(report.summary())
     return EXIT_OK

@@ -47,6 +47,12 @@ class LiveReleaseChanged(GatebotError):
         self.now = now
 
 
+class UnrecordedReleases(GatebotError):
+    """The database holds no deployment while gatebot's releases run (a lost or deleted
+    database): reconciling or deploying would tear them down, so gatebot refuses until the
+    database is restored or `gatebot reconcile --adopt` records what runs."""
+
+
 class RuntimeUnavailable(GatebotError):
     """The Docker engine cannot be reached."""
 

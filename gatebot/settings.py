@@ -185,6 +185,7 @@ class HealthSettings(_Model):
     interval: float = Field(1.0, gt=0)
     timeout: float = Field(2.0, gt=0)
     retries: int = Field(30, ge=1)
+    healthy_threshold: int = Field(2, ge=1)  # passing answers in a row that make it healthy
     start_period: float = Field(0.0, ge=0)
     max_latency_ms: int = Field(1000, gt=0)
 

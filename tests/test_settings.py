@@ -110,6 +110,14 @@ def test_unknown_key_in_a_nested_table(tmp_path: Path) -> None:
     assert "projects[0] (shop).health.pth: unknown key" in message
 
 
+def test_healthy_threshold_defaults_to_two_and_below_one_names_the_field(tmp_path: Path) -> None:
+    settings = parse({"projects": [project(health={"healthy_threshold": 3})]}, tmp_path)
+    assert settings.project("shop").health.healthy_threshold == 3
+    assert HealthSettings().healthy_threshold == 2
+    message = config_error({"projects": [project(health={"healthy_threshold": 0})]}, tmp_path)
+    assert "projects[0] (shop).health.healthy_threshold: Input should be greater than" in message
+
+
 def test_bad_type_names_the_key(tmp_path: Path) -> None:
     message = config_error({"projects": [project(base_port="many")]}, tmp_path)
     assert message.startswith(f"{tmp_path / 'gatebot.toml'}: projects[0] (shop).base_port: ")

@@ -1,6 +1,7 @@
 """Liveness and readiness: /healthz while the process lives, /readyz when it can deploy.
 
-/readyz checks the database, the Docker engine and the queue's dispatcher. A dispatcher that
+/readyz checks the database, the Docker engine, that the database knows the releases that run
+(not a new database beside them, "releases") and the queue's dispatcher. A dispatcher that
 has died answers 503 (webhooks would be queued and never run); a paused queue, or one not
 started yet, is reported in the checks: not started because Docker is unreachable fails the
 docker check anyway, and not started for another reason while Docker answers is a 503 too.
@@ -12,6 +13,8 @@ from aiohttp import web
 
 from gatebot.api.keys import ENGINE, QUEUE
 from gatebot.errors import GatebotError
+from gatebot.pipeline.adopt import find_unrecorded
+from gatebot.pipeline.engine import Engine
 
 routes = web.RouteTableDef()
 
@@ -41,6 +44,7 @@ async def readiness(app: web.Application) -> tuple[bool, dict[str, str]]:
         checks["docker"] = "ok"
     except GatebotError as exc:
         checks["docker"] = f"unavailable: {exc}"
+    checks["releases"] = await releases_check(engine)
     ready = all(v == "ok" for v in checks.values())
     queue = app[QUEUE]
     if queue.alive:
@@ -52,3 +56,15 @@ async def readiness(app: web.Application) -> tuple[bool, dict[str, str]]:
         checks["queue"] = f"not started: {queue.start_problem or 'starting'}"
         ready = False  # with Docker unreachable, the docker check says so already
     return ready, checks
+
+
+async def releases_check(engine: Engine) -> str:
+    """"ok", or why deploys are refused: a database that records no deployment beside
+    gatebot's running releases (a lost or deleted database, pipeline/adopt.py)."""
+    try:
+        found = await find_unrecorded(engine)
+    except Exception as exc:  # noqa: BLE001 - the docker or database check names the cause
+        return f"unknown: {type(exc).__name__}"
+    if found is None:
+        return "ok"
+    return "unrecorded: " + found.describe(str(engine.store.db.path))

@@ -1,9 +1,10 @@
 """The blue-green deploy, as a straight line of stages:
 
 lock -> repair (reconcile the project, so a process that died half-way leaves nothing behind)
--> source -> pick slot -> record DEPLOYING -> build -> run -> health -> switch (flip the route
-marker; no nginx reload) -> record ACTIVE -> watch window (the old slot still running) ->
-drain and retire the old slot -> unlock. The container the live route points at is never
+-> source -> pick slot -> record DEPLOYING -> build -> run -> health (`healthy_threshold`
+passes in a row) -> switch (a last liveness check, then flip the route marker; no nginx
+reload) -> record ACTIVE -> watch window (the old slot still running) -> drain and retire the
+old slot -> unlock. The container the live route points at is never
 replaced or removed.
 
 Any failure before the switch is recorded removes the new container and records FAILED; the
@@ -21,7 +22,7 @@ from pathlib import Path
 from gatebot.errors import GatebotError, RuntimeFailure, SourceError, StageFailed
 from gatebot.model import IN_FLIGHT, LIVE_ONCE, Slot, Status
 from gatebot.pipeline.engine import Engine, image_repository, image_tag, pick_slot
-from gatebot.pipeline.health import wait_healthy
+from gatebot.pipeline.health import still_healthy, wait_healthy
 from gatebot.pipeline.journal import Journal, Listener, describe
 from gatebot.pipeline.reconcile import repair
 from gatebot.pipeline.watch import watch_window
@@ -100,6 +101,9 @@ async def _deploy(
             )
         async with journal.stage("switch") as stage:
             await engine.proxy.ensure([project])  # reloads nginx only if its files changed
+            await still_healthy(  # it may have died since its last passing probe
+                engine.runtime, slot.container, slot.port, project.health, on_probe=engine.on_probe
+            )
             switched = True  # from here on, undo puts the route back
             await engine.route_to(project, deployment)  # as mark_deploying returned it
             stage.message = f"{project.name} now routed to {slot.color} (port {slot.port})"

@@ -1,7 +1,9 @@
 """Health checks: is the new container answering, quickly, and still alive?
 
 `judge` is the pure decision on one answer; `wait_healthy` is the loop around real HTTP calls
-and container inspections. Its caller may hand it an `on_probe` listener to hear each answer's
+and container inspections, which needs `healthy_threshold` passing answers in a row (one 2xx
+from an app about to crash is not enough), and `still_healthy` the last check right before a
+switch. Its caller may hand it an `on_probe` listener to hear each answer's
 latency (the engine's, which the server's metrics give it), so the pipeline itself knows
 nothing about metrics.
 """
@@ -53,7 +55,8 @@ async def wait_healthy(
     *,
     on_probe: ProbeListener | None = None,
 ) -> HealthResult:
-    """Poll until one healthy answer, or raise HealthCheckFailed with the last reason.
+    """Poll until `healthy_threshold` healthy answers in a row (a failing one starts the count
+    again), or raise HealthCheckFailed with the last reason once `retries` attempts are spent.
 
     A container that has exited or restarted fails at once; its last log lines travel in the
     error's `logs`, apart from the reason. `on_probe` hears each answer's latency and verdict.
@@ -62,29 +65,71 @@ async def wait_healthy(
     if health.start_period:
         await asyncio.sleep(health.start_period)
     reason = "no answer yet"
+    passes = 0
     timeout = aiohttp.ClientTimeout(total=health.timeout)
     connector = aiohttp.TCPConnector(force_close=True)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         for attempt in range(1, health.retries + 1):
             await _require_alive(runtime, container)
-            started = time.monotonic()
-            try:
-                async with session.get(url, allow_redirects=False) as response:
-                    await response.read()
-                    latency_ms = (time.monotonic() - started) * 1000
-                    verdict = judge(response.status, latency_ms, health.max_latency_ms)
-                    _heard(on_probe, latency_ms, verdict is None)
-                    if verdict is None:
-                        return HealthResult(attempt, latency_ms)
-                    reason = f"GET {health.path} {verdict}"
-            except TimeoutError:
-                reason = f"GET {health.path} timed out after {health.timeout:g}s"
-            except aiohttp.ClientError as exc:
-                reason = f"GET {health.path} failed: {type(exc).__name__}"
+            verdict, latency_ms = await probe(session, url, health, on_probe)
+            if verdict is None:
+                passes += 1
+                if passes >= health.healthy_threshold:
+                    return HealthResult(attempt, latency_ms)
+            else:
+                passes, reason = 0, f"GET {health.path} {verdict}"
             if attempt < health.retries:
                 await asyncio.sleep(health.interval)
     await _require_alive(runtime, container)
+    if passes:
+        reason = f"{reason}; then only {passes} of {health.healthy_threshold} passes in a row"
     raise HealthCheckFailed(f"unhealthy after {health.retries} attempts: {reason}")
+
+
+async def still_healthy(
+    runtime: Runtime,
+    container: str,
+    port: int,
+    health: HealthSettings,
+    *,
+    on_probe: ProbeListener | None = None,
+) -> None:
+    """The last check right before a switch: the container still runs, never restarted, and
+    one more probe passes. Raises HealthCheckFailed saying so."""
+    url = f"http://127.0.0.1:{port}{health.path}"
+    timeout = aiohttp.ClientTimeout(total=health.timeout)
+    connector = aiohttp.TCPConnector(force_close=True)
+    try:
+        await _require_alive(runtime, container)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+            verdict, _ = await probe(session, url, health, on_probe)
+    except HealthCheckFailed as exc:
+        raise HealthCheckFailed(f"last check before the switch: {exc}", logs=exc.logs) from None
+    if verdict is not None:
+        raise HealthCheckFailed(f"last check before the switch: GET {health.path} {verdict}")
+
+
+async def probe(
+    session: aiohttp.ClientSession,
+    url: str,
+    health: HealthSettings,
+    on_probe: ProbeListener | None = None,
+) -> tuple[str | None, float]:
+    """One GET of `url`: (None when the answer is healthy, else what was wrong; its latency
+    in ms). The watch window probes through this too."""
+    started = time.monotonic()
+    try:
+        async with session.get(url, allow_redirects=False) as response:
+            await response.read()
+            latency_ms = (time.monotonic() - started) * 1000
+            verdict = judge(response.status, latency_ms, health.max_latency_ms)
+            _heard(on_probe, latency_ms, verdict is None)
+            return verdict, latency_ms
+    except TimeoutError:
+        reason = f"timed out after {health.timeout:g}s"
+    except aiohttp.ClientError as exc:
+        reason = f"failed: {type(exc).__name__}"
+    return reason, (time.monotonic() - started) * 1000
 
 
 async def _require_alive(runtime: Runtime, container: str) -> None:

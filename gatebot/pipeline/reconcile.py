@@ -6,7 +6,9 @@ is tested and reloaded once, and only if a file changed). Then for each project,
 same `repair` of its project first, under the lock it already holds):
 1. a deployment caught PENDING or DEPLOYING is marked FAILED;
 2. the ACTIVE deployment's container is started (or recreated) if it is not running, and
-   health-checked; only if that fails is it marked FAILED;
+   health-checked; only if that fails is it marked FAILED ("lost"), and then the newest
+   earlier once-live release whose image exists is made live in its place (an automatic
+   rollback, pipeline/rollback.py), or nothing is live when none can be;
 3. the route marker is set from the database: the ACTIVE deployment's slot, or nothing live
    (503), also after a crash between a flip and the database update; a watch window that was
    running is closed (then `drain_seconds` pass if the route moved, so requests in flight
@@ -16,7 +18,9 @@ same `repair` of its project first, under the lock it already holds):
    a crash cut short (that release stays ACTIVE: it passed its health check and was live).
 Afterwards nginx sends every project to its ACTIVE container, which is running.
 
-`prune` removes the files of projects that left the configuration, only when asked.
+`prune` removes the files of projects that left the configuration, only when asked. Nothing
+at all is done while the database records no deployment but gatebot's releases exist
+(pipeline/adopt.py): reconciling then would tear them down.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from dataclasses import dataclass, field
 
 from gatebot.errors import GatebotError, LockHeld
 from gatebot.model import Slot, Status
+from gatebot.pipeline.adopt import refuse_unrecorded
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.health import wait_healthy
 from gatebot.pipeline.journal import last_stage
@@ -43,6 +48,7 @@ class ReconcileReport:
     interrupted: list[int] = field(default_factory=list)  # deployments marked FAILED
     restarted: list[int] = field(default_factory=list)  # ACTIVE ones brought back
     lost: list[int] = field(default_factory=list)  # ACTIVE ones that could not be brought back
+    rolled_back: list[int] = field(default_factory=list)  # releases made live in place of lost
     removed_containers: list[str] = field(default_factory=list)
     nginx_changed: list[str] = field(default_factory=list)  # projects whose files changed
     routes_changed: list[str] = field(default_factory=list)  # projects whose marker moved
@@ -54,6 +60,7 @@ class ReconcileReport:
             f"{len(self.interrupted)} interrupted deployment(s) failed",
             f"{len(self.restarted)} live container(s) restarted",
             f"{len(self.lost)} lost",
+            f"{len(self.rolled_back)} rolled back automatically",
             f"{len(self.removed_containers)} stray container(s) removed",
             f"{len(self.nginx_changed)} project(s) with new nginx files",
             f"{len(self.routes_changed)} route(s) set",
@@ -68,6 +75,7 @@ class ReconcileReport:
 async def reconcile(
     engine: Engine, projects: list[str] | None = None, *, prune: bool = False
 ) -> ReconcileReport:
+    await refuse_unrecorded(engine)  # a new database beside live releases: touch nothing
     report = ReconcileReport()
     chosen = [p for p in engine.settings.projects if projects is None or p.name in projects]
     report.nginx_changed = await engine.proxy.ensure(chosen)
@@ -87,6 +95,7 @@ async def repair(engine: Engine, project: ProjectSettings) -> ReconcileReport:
     """Reconcile one project whose lock the caller holds: what every deploy and rollback does
     first, so that a process that died half-way (a killed CLI deploy) never leaves the route on
     a container the database does not know is live, or its rows and container behind."""
+    await refuse_unrecorded(engine)
     report = ReconcileReport()
     await reconcile_project(engine, project, report, files=False)  # the switch writes them
     if report.interrupted or report.restarted or report.lost or report.removed_containers:
@@ -111,7 +120,9 @@ async def reconcile_project(
         outcome = await _bring_back(engine, project, active)
         if outcome == "lost":
             report.lost.append(active.id)
-            active = None
+            active = await _roll_back(engine, project, active)
+            if active is not None:
+                report.rolled_back.append(active.id)
         elif outcome == "restarted":
             report.restarted.append(active.id)
 
@@ -143,6 +154,15 @@ async def _fail_interrupted(engine: Engine, deployment: Deployment) -> None:
         deployment.id,
         extra={"project": deployment.project, "deployment": deployment.id},
     )
+
+
+async def _roll_back(
+    engine: Engine, project: ProjectSettings, lost: Deployment
+) -> Deployment | None:
+    """The release made live in place of `lost` (an automatic rollback), or None: 503."""
+    from gatebot.pipeline.rollback import roll_back_lost  # rollback imports this module
+
+    return await roll_back_lost(engine, project, lost)
 
 
 async def _bring_back(engine: Engine, project: ProjectSettings, active: Deployment) -> str:

@@ -5,23 +5,31 @@ and after the same watch window as a deploy's the current release is retired. If
 fails before the switch, the current release stays live; a bad watch verdict brings it back.
 Without an explicit target, rollback walks back: the newest once-live release older than the
 live one whose image still exists; so repeated rollbacks go v3 -> v2 -> v1, never back and
-forth.
+forth. Reconciliation brings a lost live release's predecessor back through the same stages
+(`roll_back_lost`, an automatic rollback).
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Final
 
 from gatebot.errors import LiveReleaseChanged, NothingToRollBack, StageFailed
-from gatebot.model import Status
+from gatebot.model import Color, Slot, Status
 from gatebot.pipeline.deploy import refuse_live_slot, retire, stage_failure, undo
-from gatebot.pipeline.engine import Engine, pick_slot
-from gatebot.pipeline.health import wait_healthy
-from gatebot.pipeline.journal import Listener
+from gatebot.pipeline.engine import Engine, pick_slot, slot_of
+from gatebot.pipeline.health import still_healthy, wait_healthy
+from gatebot.pipeline.journal import Journal, Listener
 from gatebot.pipeline.reconcile import repair
 from gatebot.pipeline.watch import watch_window
+from gatebot.settings import ProjectSettings
 from gatebot.store.deployments import Deployment
+
+log = logging.getLogger("gatebot.pipeline")
+# Who an automatic rollback (reconciliation's, of a lost live release) is recorded as.
+AUTOMATIC = "reconciliation (automatic)"
 
 
 class _AnyActive:
@@ -59,42 +67,124 @@ async def rollback(
             "rollback", f"rollback from {source} to v{target.version} started by {trigger}"
         )
         slot = pick_slot(project, active)
-        switched = False
-        try:
-            async with journal.stage("run") as stage:
-                assert target.image is not None
-                refuse_live_slot(engine, project, slot)
-                spec = engine.container_spec(project, target, target.image, slot)
-                await engine.runtime.run(spec)
-                stage.message = f"started {slot.container} ({slot.color}) on port {slot.port}"
-            async with journal.stage("health") as stage:
-                result = await wait_healthy(
-                    engine.runtime,
-                    slot.container,
-                    slot.port,
-                    project.health,
-                    on_probe=engine.on_probe,
-                )
-                stage.message = f"healthy after {result.attempts} attempt(s)"
-            async with journal.stage("switch") as stage:
-                await engine.proxy.ensure([project])
-                switched = True
-                await engine.route_to(project, replace(target, port=slot.port, color=slot.color))
-                stage.message = f"{project.name} now routed to {slot.color} (port {slot.port})"
-            async with journal.stage("record") as stage:
-                target = await deployments.activate(
-                    target.id, old_id=active.id if active else None, slot=slot
-                )
-                stage.message = f"v{target.version} is ACTIVE again"
-        except Exception as exc:  # a stage's failure, or a database write between stages
-            await undo(engine, project, target, active, slot, switched, journal)
-            if isinstance(exc, StageFailed):
-                raise
-            raise stage_failure(journal, exc) from exc
+        target = await make_live(engine, project, target, active, slot, journal)
         await journal.note("live", f"v{target.version} live on {slot.color} (port {slot.port})")
         await watch_window(engine, project, target, active, slot, journal)
         await retire(engine, project, active, journal, prune=False)
         return target
+
+
+async def make_live(
+    engine: Engine,
+    project: ProjectSettings,
+    target: Deployment,
+    active: Deployment | None,
+    slot: Slot,
+    journal: Journal,
+) -> Deployment:
+    """The stages that bring a once-live release back, for a caller holding the project's
+    lock: start its image in `slot`, health-check it, flip the route to it, and record it
+    ACTIVE (`active`, if any, ROLLED_BACK). On any failure things are put back as they were
+    (the route to `active`, the new container gone) and StageFailed is raised; `target` stays
+    what it was, a release that can be tried again."""
+    deployments = engine.store.deployments
+    switched = False
+    try:
+        async with journal.stage("run") as stage:
+            assert target.image is not None
+            refuse_live_slot(engine, project, slot)
+            spec = engine.container_spec(project, target, target.image, slot)
+            await engine.runtime.run(spec)
+            stage.message = f"started {slot.container} ({slot.color}) on port {slot.port}"
+        async with journal.stage("health") as stage:
+            result = await wait_healthy(
+                engine.runtime, slot.container, slot.port, project.health, on_probe=engine.on_probe
+            )
+            stage.message = f"healthy after {result.attempts} attempt(s)"
+        async with journal.stage("switch") as stage:
+            await engine.proxy.ensure([project])
+            await still_healthy(
+                engine.runtime, slot.container, slot.port, project.health, on_probe=engine.on_probe
+            )
+            switched = True
+            await engine.route_to(project, replace(target, port=slot.port, color=slot.color))
+            stage.message = f"{project.name} now routed to {slot.color} (port {slot.port})"
+        async with journal.stage("record") as stage:
+            target = await deployments.activate(
+                target.id, old_id=active.id if active else None, slot=slot
+            )
+            stage.message = f"v{target.version} is ACTIVE again"
+    except Exception as exc:  # a stage's failure, or a database write between stages
+        await undo(engine, project, target, active, slot, switched, journal)
+        if isinstance(exc, StageFailed):
+            raise
+        raise stage_failure(journal, exc) from exc
+    return target
+
+
+async def roll_back_lost(
+    engine: Engine, project: ProjectSettings, lost: Deployment
+) -> Deployment | None:
+    """Reconciliation's automatic rollback, under the project's lock, when the ACTIVE release
+    `lost` could not be brought back (and is FAILED now): the newest once-live release older
+    than it whose image exists is made live again through `make_live`, the next older one if
+    that fails, and so on. Returns the release made live, or None when none could be (then
+    nothing is live: 503). No watch window: the release served before, and reconciliation
+    must not hold every project's repair for it."""
+    async for target in once_live_with_image(engine, project.name, lost.version):
+        route = engine.proxy.route(project.name)  # never the slot the route points at
+        color = (route or lost.color or Color.GREEN).other
+        journal = engine.journal(target, None)
+        await journal.note(
+            "rollback",
+            f"automatic rollback from v{lost.version} (lost: its container could not be "
+            f"brought back) to v{target.version} started by {AUTOMATIC}",
+        )
+        try:
+            live = await make_live(
+                engine, project, target, None, slot_of(project, color), journal
+            )
+        except StageFailed as exc:
+            log.error(
+                "automatic rollback of %s to v%s failed: %s",
+                project.name,
+                target.version,
+                exc,
+                extra={"project": project.name, "deployment": target.id},
+            )
+            continue
+        await journal.note("live", f"v{live.version} live again on {live.color} (port {live.port})")
+        await engine.journal(lost, None).note(
+            "reconcile", f"rolled back automatically to v{live.version}"
+        )
+        try:  # a record, like the journal's notes: the rollback stands without it
+            await engine.store.audit.record(
+                AUTOMATIC,
+                "rollback",
+                project=project.name,
+                detail=f"automatic: v{lost.version} lost, v{live.version} live again",
+            )
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not write the automatic rollback to the audit table: %s", exc)
+        log.warning(
+            "v%s of %s was lost; rolled back automatically to v%s",
+            lost.version,
+            project.name,
+            live.version,
+            extra={"project": project.name, "deployment": live.id},
+        )
+        return live
+    return None
+
+
+async def once_live_with_image(
+    engine: Engine, project: str, before: int | None
+) -> AsyncIterator[Deployment]:
+    """Once-live releases older than version `before` (None: all) whose image still exists,
+    newest first."""
+    for candidate in await engine.store.deployments.once_live_before(project, before):
+        if candidate.image and await engine.runtime.image_exists(candidate.image):
+            yield candidate
 
 
 async def choose_target(
@@ -117,11 +207,10 @@ async def choose_target(
         if not target.image or not await engine.runtime.image_exists(target.image):
             raise NothingToRollBack(f"the image of {project} v{target.version} no longer exists")
         return target
-    for candidate in await deployments.once_live_before(
-        project, active.version if active else None
+    async for candidate in once_live_with_image(
+        engine, project, active.version if active else None
     ):
-        if candidate.image and await engine.runtime.image_exists(candidate.image):
-            return candidate
+        return candidate
     below = f" before v{active.version}" if active else ""
     raise NothingToRollBack(
         f"{project} has no earlier release{below} with an image to roll back to"

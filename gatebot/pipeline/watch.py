@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,9 +26,9 @@ import aiohttp
 from gatebot.errors import GatebotError, StageFailed
 from gatebot.model import Slot
 from gatebot.pipeline.engine import Engine
-from gatebot.pipeline.health import judge
+from gatebot.pipeline.health import probe
 from gatebot.pipeline.journal import Journal, StageRecord
-from gatebot.settings import HealthSettings, ProjectSettings
+from gatebot.settings import ProjectSettings
 from gatebot.store.deployments import Deployment
 
 log = logging.getLogger("gatebot.pipeline")
@@ -206,7 +205,7 @@ async def observe(
                 next_probe = loop.time() + health.interval
                 await asyncio.sleep(max(0.0, next_probe - loop.time()))
                 gone = await _gone(engine, slot.container)
-                problem = None if gone else await _probe(session, url, health)
+                problem = None if gone else (await probe(session, url, health))[0]
                 answers, errors = count_answers(follower.new_lines(), slot.port)
                 seen = Seen(
                     elapsed=loop.time() - started,
@@ -248,18 +247,3 @@ async def _gone(engine: Engine, container: str) -> str | None:
     if state.restart_count:
         return f"restarted {state.restart_count} time(s)"
     return None
-
-
-async def _probe(session: aiohttp.ClientSession, url: str, health: HealthSettings) -> str | None:
-    """None when the release answered its health check well, else what was wrong."""
-    started = time.monotonic()
-    try:
-        async with session.get(url, allow_redirects=False) as response:
-            await response.read()
-            return judge(
-                response.status, (time.monotonic() - started) * 1000, health.max_latency_ms
-            )
-    except TimeoutError:
-        return f"timed out after {health.timeout:g}s"
-    except aiohttp.ClientError as exc:
-        return f"failed: {type(exc).__name__}"

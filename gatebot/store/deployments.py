@@ -66,6 +66,19 @@ class Step:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class AdoptedRelease:
+    """A release found running that the database does not know, as its container says."""
+
+    id: int  # the deployment id on the container's label
+    project: str
+    version: int
+    commit_sha: str | None
+    image: str
+    slot: Slot
+    status: Status  # ACTIVE (the one the route points at) or ROLLED_BACK
+
+
 class Deployments:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -155,6 +168,10 @@ class Deployments:
         )
         return bool(row and row[0])
 
+    async def any_recorded(self) -> bool:
+        """Whether the database holds any deployment at all (a new one holds none)."""
+        return await self.db.fetchone("SELECT 1 FROM deployments LIMIT 1") is not None
+
     async def steps(self, deployment_id: int, *, after_id: int = 0) -> list[Step]:
         rows = await self.db.fetchall(
             "SELECT * FROM deployment_steps WHERE deployment_id = ? AND id > ? ORDER BY id",
@@ -235,6 +252,37 @@ class Deployments:
             if old_id is not None:
                 await _transition(conn, old_id, Status.ACTIVE, activated_at=now)
         return await self.require(new_id)
+
+    async def adopt(self, releases: list[AdoptedRelease], *, trigger: str) -> list[Deployment]:
+        """Record releases found running that the database does not know (`gatebot reconcile
+        --adopt`), in one transaction, under the ids and versions their containers carry: not
+        a status change but a record of what is, so as ACTIVE or ROLLED_BACK directly."""
+        now = utcnow()
+        async with self.db.transaction() as conn:
+            for r in releases:
+                assert r.status in (Status.ACTIVE, Status.ROLLED_BACK)
+                await conn.execute(
+                    "INSERT INTO deployments (id, project, version, commit_sha, image, container,"
+                    " color, port, status, trigger, created_at, updated_at, activated_at,"
+                    " finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        r.id,
+                        r.project,
+                        r.version,
+                        r.commit_sha,
+                        r.image,
+                        r.slot.container,
+                        str(r.slot.color),
+                        r.slot.port,
+                        str(r.status),
+                        trigger,
+                        now,
+                        now,
+                        now if r.status is Status.ACTIVE else None,
+                        now,
+                    ),
+                )
+        return [await self.require(r.id) for r in releases]
 
     async def add_step(
         self,
