@@ -4,7 +4,8 @@
 its cleanup context opens the engine (database, Docker, nginx, git) and the forge clients
 through the openers it is given (gatebot/wiring.py's by default),
 runs start-up reconciliation and recovers interrupted jobs before deploys run, starts the queue,
-the gate watcher (`gatebot.gatewatch`, jobs waiting for their commit's checks) and the poller
+the watchdog (`gatebot.watchdog`, live containers that stopped while serving), the gate
+watcher (`gatebot.gatewatch`, jobs waiting for their commit's checks) and the poller
 (`gatebot.poll`, branch heads no webhook announced), and on
 shutdown lets running deploys finish (bounded by [queue] shutdown_timeout). When that
 start fails (Docker unreachable, nginx refusing the reconciled files, a locked database), the
@@ -27,7 +28,16 @@ from gatebot import wiring
 from gatebot.api import dashboard, pages, probes, v1, webhooks
 from gatebot.api import metrics as metrics_api
 from gatebot.api.errors import body_reader, error_middleware
-from gatebot.api.keys import ENGINE, FEEDBACK, GATES, METRICS, QUEUE, SECRETS, SETTINGS
+from gatebot.api.keys import (
+    ENGINE,
+    FEEDBACK,
+    GATES,
+    METRICS,
+    QUEUE,
+    SECRETS,
+    SETTINGS,
+    WATCHDOG,
+)
 from gatebot.errors import GatebotError, RuntimeUnavailable
 from gatebot.feedback import Feedback
 from gatebot.feedback.comments import comment_runner
@@ -40,6 +50,7 @@ from gatebot.poll import Poller
 from gatebot.queue import JobObserver, JobQueue
 from gatebot.redact import secrets_of
 from gatebot.settings import Settings
+from gatebot.watchdog import Watchdog
 
 if TYPE_CHECKING:
     from gatebot.forges.base import ForgeClient
@@ -104,6 +115,11 @@ def create_app(
             gates.start()  # waiting jobs are looked at again at once: they survive a restart
             poller = Poller(settings, engine, queue)
             poller.start()  # the branch heads at once, then every poll_interval
+            watchdog = Watchdog(
+                engine, settings.server.reconcile_interval, ready=lambda: queue.started
+            )
+            app[WATCHDOG] = watchdog
+            watchdog.start()  # rounds once the queue runs; Docker's events followed from now
             starter: asyncio.Task[None] | None = None
             if not await start_work(engine, queue):
                 starter = asyncio.create_task(retry_start(engine, queue))
@@ -114,6 +130,7 @@ def create_app(
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
+            await watchdog.stop()
             await poller.stop()
             await gates.stop()
             await queue.stop()

@@ -85,6 +85,7 @@ async def open_engine(
             logs_dir=data_dir / "logs",
             on_probe=listeners.health_probe,
             runtimes=runtimes,
+            events=runtime,
         )
     finally:
         if swarm is not None:

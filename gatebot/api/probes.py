@@ -1,6 +1,7 @@
 """Liveness and readiness: /healthz while the process lives, /readyz when it can deploy.
 
-/readyz checks the database, the Docker engine and the queue's dispatcher. A dispatcher that
+/readyz checks the database, the Docker engine, the live releases (each project's ACTIVE
+release's container must be running: `releases`) and the queue's dispatcher. A dispatcher that
 has died answers 503 (webhooks would be queued and never run); a paused queue, or one not
 started yet, is reported in the checks: not started because Docker is unreachable fails the
 docker check anyway, and not started for another reason while Docker answers is a 503 too.
@@ -12,6 +13,8 @@ from aiohttp import web
 
 from gatebot.api.keys import ENGINE, QUEUE
 from gatebot.errors import GatebotError
+from gatebot.model import Status
+from gatebot.pipeline.engine import Engine
 
 routes = web.RouteTableDef()
 
@@ -41,6 +44,8 @@ async def readiness(app: web.Application) -> tuple[bool, dict[str, str]]:
         checks["docker"] = "ok"
     except GatebotError as exc:
         checks["docker"] = f"unavailable: {exc}"
+    if checks["database"] == checks["docker"] == "ok":
+        checks["releases"] = await releases_check(engine)
     ready = all(v == "ok" for v in checks.values())
     queue = app[QUEUE]
     if queue.alive:
@@ -52,3 +57,22 @@ async def readiness(app: web.Application) -> tuple[bool, dict[str, str]]:
         checks["queue"] = f"not started: {queue.start_problem or 'starting'}"
         ready = False  # with Docker unreachable, the docker check says so already
     return ready, checks
+
+
+async def releases_check(engine: Engine) -> str:
+    """"ok", or the configured projects whose ACTIVE release's container is not running (the
+    database says live, nginx routes to it, and it cannot answer: the watchdog is bringing it
+    back, or could not)."""
+    configured = {p.name for p in engine.settings.projects}
+    down: list[str] = []
+    try:
+        for active in await engine.store.deployments.with_status(Status.ACTIVE):
+            if active.project not in configured or not active.container:
+                continue
+            state = await engine.runtime_for(active.project).state(active.container)
+            if state is None or not state.running:
+                what = state.status if state is not None else "missing"
+                down.append(f"{active.project} (v{active.version}, {active.container} {what})")
+    except GatebotError as exc:
+        return f"unknown: {exc}"
+    return f"down: {', '.join(down)}" if down else "ok"

@@ -44,7 +44,7 @@ async def test_readyz_reports_the_queue_and_a_dead_dispatcher_is_not_ready(
     status, body = await readiness(client)
     assert status == 200 and body == {
         "ready": True,
-        "checks": {"database": "ok", "docker": "ok", "queue": "ok"},
+        "checks": {"database": "ok", "docker": "ok", "releases": "ok", "queue": "ok"},
     }
     queue = client.app[QUEUE]
     assert queue.alive

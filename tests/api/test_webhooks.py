@@ -311,7 +311,12 @@ async def test_health_and_readiness(start_server: ClientFactory, setup: Setup) -
     assert (await client.get("/healthz")).status == 200
     ready = await client.get("/readyz")
     assert ready.status == 200
-    assert (await ready.json())["checks"] == {"database": "ok", "docker": "ok", "queue": "ok"}
+    assert (await ready.json())["checks"] == {
+        "database": "ok",
+        "docker": "ok",
+        "releases": "ok",
+        "queue": "ok",
+    }
 
 
 async def test_a_replayed_body_under_a_new_delivery_id_is_a_duplicate(
