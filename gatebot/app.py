@@ -38,7 +38,7 @@ from gatebot.api.keys import (
     SETTINGS,
     WATCHDOG,
 )
-from gatebot.errors import GatebotError, RuntimeUnavailable
+from gatebot.errors import GatebotError, RuntimeUnavailable, describe
 from gatebot.feedback import Feedback
 from gatebot.feedback.comments import comment_runner
 from gatebot.gatewatch import GateWatcher
@@ -154,7 +154,7 @@ async def start_work(engine: Engine, queue: JobQueue) -> bool:
         log.error("cannot start deploying yet: %s", exc)
         return False
     except Exception as exc:
-        queue.start_problem = f"start-up failed: internal error: {type(exc).__name__}"
+        queue.start_problem = f"start-up failed: {describe(exc)}"
         log.exception("cannot start deploying yet")
         return False
     queue.start_problem = None

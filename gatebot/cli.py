@@ -15,11 +15,19 @@ import asyncio
 import getpass
 import json
 import logging
+import sqlite3
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from gatebot.errors import ConfigError, GatebotError, LockHeld, StageFailed, UnknownProject
+from gatebot.errors import (
+    ConfigError,
+    GatebotError,
+    LockHeld,
+    StageFailed,
+    UnknownProject,
+    describe,
+)
 from gatebot.logs import configure_logging
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.journal import JournalEvent
@@ -155,6 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(exc, StageFailed) and exc.logs:
             console.say("the container's last log lines:", err=True)
             console.say("\n".join(f"  | {line}" for line in exc.logs.splitlines()), err=True)
+        return EXIT_FAILED
+    except (OSError, sqlite3.Error) as exc:  # a read-only or full folder, a broken database
+        console.say(f"gatebot: {describe(exc)}", err=True)
         return EXIT_FAILED
     except KeyboardInterrupt:
         console.say("gatebot: interrupted; the next start repairs any half-done deploy", err=True)

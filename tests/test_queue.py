@@ -8,6 +8,7 @@ Where a real deploy is not what a test is about, a fake runner (`Gate`) stands i
 from __future__ import annotations
 
 import asyncio
+import errno
 import sqlite3
 import subprocess
 import sys
@@ -397,3 +398,30 @@ async def test_a_failing_observer_or_runner_never_stops_the_queue(
         row = await engine.store.jobs.require(job.id)
         assert (row.state, row.error) == ("failed", "internal error: KeyError")
     assert queue.alive
+
+
+@pytest.mark.parametrize(
+    ("raised", "error"),
+    [
+        (
+            sqlite3.OperationalError("database or disk is full"),
+            "database error: database or disk is full",
+        ),
+        (
+            OSError(errno.EROFS, "Read-only file system", "/srv/conf/.shop.live.tmp"),
+            "Read-only file system [EROFS] (/srv/conf/.shop.live.tmp)",
+        ),
+    ],
+)
+async def test_a_job_that_fails_outside_a_stage_names_a_known_cause(
+    engine: Engine, make_queue: QueueFactory, raised: Exception, error: str
+) -> None:
+    async def failing(engine: Engine, job: Job, listeners: list[Listener]) -> Deployment:
+        raise raised
+
+    queue = make_queue(failing)
+    await queue.start()
+    [job] = await queue.submit([deploy_job("alpha")])
+    await asyncio.wait_for(queue.drain(), 10)
+    row = await engine.store.jobs.require(job.id)
+    assert (row.state, row.error) == ("failed", error)

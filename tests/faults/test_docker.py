@@ -1,7 +1,8 @@
-"""The live release's container stopped while `serve` runs (issue 11 defect 5): `docker kill`,
-or dockerd killed and started again (which stops the containers it finds, exit 143, and does not
-start them again). The watchdog brings it back without a deploy; /readyz says while it is down.
-The dockerd test runs its own dockerd: the suite's must stay up for the other tests."""
+"""Faults of the Docker engine. The live release's container stopped while `serve` runs (issue
+11 defect 5): `docker kill`, or dockerd killed and started again (which stops the containers it
+finds, exit 143, and does not start them again); the watchdog brings it back without a deploy,
+and /readyz says so while it is down. dockerd killed during a build: the deploy fails naming the
+engine. The dockerd tests run a dockerd of their own: the suite's must stay up for the others."""
 
 from __future__ import annotations
 
@@ -14,9 +15,13 @@ import docker
 import pytest
 
 from gatebot.api.keys import ENGINE, QUEUE
+from gatebot.errors import StageFailed
+from gatebot.model import Status
 from gatebot.pipeline.deploy import deploy
 from gatebot.pipeline.engine import Engine
+from gatebot.settings import Settings
 from gatebot.watchdog import Watchdog
+from gatebot.wiring import open_engine
 from tests.support.deliveries import GITHUB_SECRET, GITLAB_TOKEN
 from tests.support.dockerd import Dockerd
 from tests.support.faults import assert_repaired, eventually_serving
@@ -24,6 +29,7 @@ from tests.support.server import Client, ClientFactory, auth, wait_until, worksp
 from tests.support.setup import Setup
 
 pytestmark = pytest.mark.faults
+SLOW_STEP = 'RUN ["/bin/sleep", "60"]'
 
 
 async def deployed_v1(client: Client, setup: Setup) -> int:
@@ -127,18 +133,23 @@ def own_dockerd() -> Iterator[Dockerd]:
         dockerd.remove()
 
 
-async def test_after_dockerd_is_killed_and_started_again_the_live_release_serves_again(
-    setup: Setup, start_server: ClientFactory, own_dockerd: Dockerd
-) -> None:
-    settings = workspace_settings(
+def on_dockerd(setup: Setup, dockerd: Dockerd, **server: Any) -> Settings:
+    """Settings for `setup`'s project deployed on `dockerd`, as a server's (GitHub secret)."""
+    return workspace_settings(
         setup,
         [setup.project(forge_repo=f"acme/{setup.name}")],
-        docker={"host": own_dockerd.host},
-        server={"reconcile_interval": 3600},  # the event stream's return, not the timer
+        docker={"host": dockerd.host},
+        server=server,
         github={"webhook_secret": GITHUB_SECRET},
         gitlab={"webhook_token": GITLAB_TOKEN},
     )
-    client = await start_server(settings)
+
+
+async def test_after_dockerd_is_killed_and_started_again_the_live_release_serves_again(
+    setup: Setup, start_server: ClientFactory, own_dockerd: Dockerd
+) -> None:
+    # the event stream's return brings it back, not the timer
+    client = await start_server(on_dockerd(setup, own_dockerd, reconcile_interval=3600))
     deployment = await deployed_v1(client, setup)
     engine_client = docker.DockerClient(base_url=own_dockerd.host)
     try:
@@ -156,3 +167,46 @@ async def test_after_dockerd_is_killed_and_started_again_the_live_release_serves
     finally:
         engine_client.close()
 
+
+
+async def test_dockerd_killed_during_a_build_fails_the_deploy_naming_the_engine(
+    setup: Setup, own_dockerd: Dockerd
+) -> None:
+    async with open_engine(on_dockerd(setup, own_dockerd)) as engine:
+        await engine.proxy.ensure(engine.settings.projects)
+        setup.repo.commit("v1")
+        await deploy(engine, setup.name, trigger="test")
+        dockerfile = setup.repo.work / "Dockerfile"
+        plain = dockerfile.read_text()
+        dockerfile.write_text(plain.replace("COPY start.sh", f"{SLOW_STEP}\nCOPY start.sh"))
+        setup.repo.commit("v2")
+        slow = asyncio.create_task(deploy(engine, setup.name, trigger="test"))
+
+        async def sleeping() -> bool:  # the build's step that takes a minute has begun
+            flying = await engine.store.deployments.with_status(
+                Status.DEPLOYING, project=setup.name
+            )
+            log_file = engine.log_path(flying[0].id) if flying else None
+            return log_file is not None and SLOW_STEP in log_file.read_text()
+
+        await wait_until(sleeping)
+        await asyncio.to_thread(own_dockerd.kill)
+        with pytest.raises(StageFailed) as failed:
+            await asyncio.wait_for(slow, 30)
+        assert failed.value.stage == "build"
+        unreachable = f"Docker engine at {own_dockerd.host} is not reachable"
+        assert failed.value.reason.startswith(unreachable), failed.value.reason
+        assert await eventually_serving(f"{setup.site_url}/version", "v1") == (200, "v1")
+
+        await asyncio.to_thread(own_dockerd.start)
+        dockerfile.write_text(plain)
+        setup.repo.commit("v3")
+        assert (await deploy(engine, setup.name, trigger="test")).version == 3
+        assert await eventually_serving(f"{setup.site_url}/version", "v3") == (200, "v3")
+        engine_client = docker.DockerClient(base_url=own_dockerd.host)
+        try:
+            await assert_repaired(engine.store.deployments, engine_client, setup.name)
+        finally:
+            engine_client.close()
+        v2 = await engine.store.deployments.find(setup.name, "2")
+        assert v2 is not None and v2.failed_stage == "build"
