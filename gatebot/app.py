@@ -165,7 +165,9 @@ async def _start_work(engine: Engine, queue: JobQueue) -> None:
     await engine.runtime.ping()
     report = await reconcile(engine)
     log.info("start-up reconciliation: %s", report.summary())
-    failed, requeued = await engine.store.jobs.recover_interrupted()
+    failed, requeued = await engine.store.jobs.recover_interrupted(
+        retries=queue.settings.interrupted_retries
+    )
     for job in failed:
         log.warning("job %s was interrupted", job.id, extra={"project": job.project, "job": job.id})
     for job in requeued:

@@ -145,6 +145,9 @@ class QueueSettings(_Model):
     paused: bool = False  # accept and queue jobs, run none (maintenance)
     shutdown_timeout: float = Field(600.0, ge=0)  # on SIGTERM, how long running deploys get
     busy_retry_seconds: float = Field(2.0, gt=0)  # a project locked elsewhere: retry after
+    # A job cut short by a stop of gatebot is queued again at the next start this many times
+    # (while no newer job for its project exists); then it stays failed, saying so.
+    interrupted_retries: int = Field(3, ge=0)
 
 
 class GitHubSettings(_Model):
