@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import os
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from gatebot.aio import flock_within
 from gatebot.errors import ProxyError, describe
 from gatebot.model import Color
 from gatebot.proxy.base import ReloadListener
@@ -198,18 +198,10 @@ class NginxProxy:
             except OSError as exc:
                 raise self._unwritable(exc) from None
             try:
-                loop = asyncio.get_running_loop()
-                deadline = loop.time() + wait
-                while True:
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        break
-                    except BlockingIOError:
-                        if loop.time() > deadline:
-                            raise ProxyError(
-                                f"another gatebot process kept {self.conf_dir} locked for {wait:g}s"
-                            ) from None
-                        await asyncio.sleep(0.05)
+                if not await flock_within(fd, wait):
+                    raise ProxyError(
+                        f"another gatebot process kept {self.conf_dir} locked for {wait:g}s"
+                    )
                 try:
                     yield
                 except OSError as exc:  # a file that could not be written (read-only, full)
