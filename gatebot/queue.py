@@ -163,6 +163,14 @@ class JobQueue:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
+    def cut_short(self) -> int:
+        """Cancel the running jobs now (a second SIGTERM: a `stop` waiting for them returns);
+        their deployments stay in flight for the next start to repair. How many there were."""
+        tasks = list(self._running.values())
+        for task in tasks:
+            task.cancel()
+        return len(tasks)
+
     async def _dispatch(self) -> None:
         failures = 0
         while not self._stopping:
