@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 
 import aiohttp
 
@@ -34,6 +35,26 @@ async def wait_for(predicate, timeout: float = 60.0) -> None:  # type: ignore[no
         await asyncio.sleep(0.1)
 
 
+def serve(config: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """`gatebot serve` as a process, its log lines on stdout."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "gatebot", "-c", str(config), "serve"],
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def answers(port: int) -> bool:
+    """Whether the server on `port` answers /healthz."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:  # noqa: S310
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
 async def test_sigterm_lets_the_running_deploy_finish_and_keeps_queued_jobs(setup: Setup) -> None:
     port = free_port()
     project = setup.project(
@@ -47,25 +68,12 @@ async def test_sigterm_lets_the_running_deploy_finish_and_keeps_queued_jobs(setu
         server={"listen": f"127.0.0.1:{port}"},
         github={"webhook_secret": "env:TEST_SECRET"},
     )
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gatebot", "-c", str(path), "serve"],
-        env={**os.environ, "TEST_SECRET": GITHUB_SECRET},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    server = serve(path, {"TEST_SECRET": GITHUB_SECRET})
     base = f"http://127.0.0.1:{port}"
     db = str(setup.data_dir / "gatebot.db")
 
-    def healthy() -> bool:
-        try:
-            with urllib.request.urlopen(f"{base}/healthz", timeout=1) as r:  # noqa: S310
-                return bool(r.status == 200)
-        except OSError:
-            return False
-
     try:
-        await wait_for(healthy)
+        await wait_for(lambda: answers(port))
         async with aiohttp.ClientSession() as session:
             for version in ("v1", "v2"):
                 sha = setup.repo.commit(version)
@@ -102,26 +110,13 @@ async def test_a_second_sigterm_cuts_the_running_deploy_off_says_so_and_exits_14
         server={"listen": f"127.0.0.1:{port}"},
     )
     setup.repo.commit("v1", healthy=False)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gatebot", "-c", str(path), "serve"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    server = serve(path)
     db = str(setup.data_dir / "gatebot.db")
-
-    def answers() -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:  # noqa: S310
-                return bool(r.status == 200)
-        except OSError:
-            return False
-
     try:
-        await wait_for(answers)
+        await wait_for(lambda: answers(port))
         await wait_for(lambda: (1, "running") in job_states(db))
         server.send_signal(signal.SIGTERM)
-        await wait_for(lambda: not answers())  # the first one is stopping the server
+        await wait_for(lambda: not answers(port))  # the first one is stopping the server
         server.send_signal(signal.SIGTERM)
         output, _ = server.communicate(timeout=60)
     finally:
