@@ -5,7 +5,8 @@ deploy works."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import docker
@@ -13,6 +14,7 @@ import pytest
 
 from gatebot.errors import StageFailed
 from gatebot.pipeline.deploy import deploy
+from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.journal import JournalEvent
 from gatebot.wiring import open_engine
 from tests.support.deploys import eventually_live
@@ -36,16 +38,23 @@ def small_data_dir(setup: Setup) -> Iterator[None]:
         yield
 
 
-async def test_a_full_conf_dir_fails_the_switch_naming_it_and_the_live_release_serves(
-    setup: Setup, small_conf_dir: None, docker_client: docker.DockerClient
-) -> None:
-    conf_dir = setup.nginx.conf_dir
+@asynccontextmanager
+async def v1_live_v2_pushed(setup: Setup) -> AsyncIterator[Engine]:
+    """An engine for `setup`, v1 deployed and live, v2 pushed."""
     async with open_engine(setup.settings()) as engine:
         await engine.proxy.ensure(engine.settings.projects)
         await wait_listening(setup.site_port)
         setup.repo.commit("v1")
         await deploy(engine, setup.name, trigger="test")
         setup.repo.commit("v2")
+        yield engine
+
+
+async def test_a_full_conf_dir_fails_the_switch_naming_it_and_the_live_release_serves(
+    setup: Setup, small_conf_dir: None, docker_client: docker.DockerClient
+) -> None:
+    conf_dir = setup.nginx.conf_dir
+    async with v1_live_v2_pushed(setup) as engine:
         async with load_through(f"{setup.site_url}/version") as load:
             filler = fill(conf_dir)
             try:
@@ -72,12 +81,7 @@ async def test_a_full_conf_dir_fails_the_switch_naming_it_and_the_live_release_s
 async def test_a_full_data_dir_fails_the_deploy_naming_it_and_the_live_release_serves(
     setup: Setup, small_data_dir: None, docker_client: docker.DockerClient
 ) -> None:
-    async with open_engine(setup.settings()) as engine:
-        await engine.proxy.ensure(engine.settings.projects)
-        await wait_listening(setup.site_port)
-        setup.repo.commit("v1")
-        await deploy(engine, setup.name, trigger="test")
-        setup.repo.commit("v2")
+    async with v1_live_v2_pushed(setup) as engine:
         fillers: list[Path] = []
 
         def disk_full_from_health_to_the_failure(event: JournalEvent) -> None:
