@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -144,6 +145,9 @@ def stop_pid(pid: int, sig: signal.Signals = signal.SIGTERM, seconds: float = 10
         os.kill(pid, signal.SIGKILL)
 
 
+_random = random.Random()  # noqa: S311 - picking ports, not secrets
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -160,14 +164,27 @@ def port_is_free(port: int) -> bool:
 
 
 def free_port_pair(avoid: set[int] | None = None) -> int:
-    """A free port whose successor is free too: a project's blue and green slots."""
+    """A free port whose successor is free too: a project's blue and green slots. Both lie
+    below the kernel's ephemeral range (ip_local_port_range): a port in it can be taken at any
+    moment by an outgoing connection (nginx's to the live slot, a load's), and the slot's app
+    then fails to bind it (connect() prefers even ports, bind(0) odd ones: the green slot after
+    a bind(0) port was the usual victim)."""
     avoid = avoid if avoid is not None else set()
+    low = _ephemeral_low()
     for _ in range(500):
-        base = free_port()
-        if base + 1 < 65535 and not {base, base + 1} & avoid and port_is_free(base + 1):
-            avoid.update({base, base + 1})
-            return base
-    raise RuntimeError("no two consecutive free ports on 127.0.0.1")
+        base = _random.randrange(10000, low - 1)
+        if {base, base + 1} & avoid or not (port_is_free(base) and port_is_free(base + 1)):
+            continue
+        avoid.update({base, base + 1})
+        return base
+    raise RuntimeError(f"no two consecutive free ports on 127.0.0.1 below {low}")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def nginx_conf(prefix: Path, *, user: str = "root", workers: int = 1) -> str:
