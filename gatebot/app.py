@@ -4,7 +4,8 @@
 its cleanup context opens the engine (database, Docker, nginx, git) and the forge clients
 through the openers it is given (gatebot/wiring.py's by default),
 runs start-up reconciliation and recovers interrupted jobs before deploys run, starts the queue,
-the gate watcher (`gatebot.gatewatch`, jobs waiting for their commit's checks) and the poller
+the watchdog (`gatebot.watchdog`, live containers that stopped while serving), the gate
+watcher (`gatebot.gatewatch`, jobs waiting for their commit's checks) and the poller
 (`gatebot.poll`, branch heads no webhook announced), and on
 shutdown lets running deploys finish (bounded by [queue] shutdown_timeout). When that
 start fails (Docker unreachable, nginx refusing the reconciled files, a locked database), the
@@ -30,8 +31,17 @@ from gatebot import wiring
 from gatebot.api import dashboard, pages, probes, v1, webhooks
 from gatebot.api import metrics as metrics_api
 from gatebot.api.errors import body_reader, error_middleware
-from gatebot.api.keys import ENGINE, FEEDBACK, GATES, METRICS, QUEUE, SECRETS, SETTINGS
-from gatebot.errors import GatebotError, RuntimeUnavailable, UnrecordedReleases
+from gatebot.api.keys import (
+    ENGINE,
+    FEEDBACK,
+    GATES,
+    METRICS,
+    QUEUE,
+    SECRETS,
+    SETTINGS,
+    WATCHDOG,
+)
+from gatebot.errors import GatebotError, RuntimeUnavailable, UnrecordedReleases, describe
 from gatebot.feedback import Feedback
 from gatebot.feedback.comments import comment_runner
 from gatebot.gatewatch import GateWatcher
@@ -43,6 +53,7 @@ from gatebot.poll import Poller
 from gatebot.queue import JobObserver, JobQueue
 from gatebot.redact import secrets_of
 from gatebot.settings import Settings
+from gatebot.watchdog import Watchdog
 
 if TYPE_CHECKING:
     from gatebot.forges.base import ForgeClient
@@ -107,6 +118,11 @@ def create_app(
             gates.start()  # waiting jobs are looked at again at once: they survive a restart
             poller = Poller(settings, engine, queue)
             poller.start()  # the branch heads at once, then every poll_interval
+            watchdog = Watchdog(
+                engine, settings.server.reconcile_interval, ready=lambda: queue.started
+            )
+            app[WATCHDOG] = watchdog
+            watchdog.start()  # rounds once the queue runs; Docker's events followed from now
             starter: asyncio.Task[None] | None = None
             if not await start_work(engine, queue):
                 starter = asyncio.create_task(retry_start(engine, queue))
@@ -117,6 +133,7 @@ def create_app(
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
+            await watchdog.stop()
             await poller.stop()
             await gates.stop()
             await queue.stop()
@@ -140,7 +157,7 @@ async def start_work(engine: Engine, queue: JobQueue) -> bool:
         log.error("cannot start deploying yet: %s", exc)
         return False
     except Exception as exc:
-        queue.start_problem = f"start-up failed: internal error: {type(exc).__name__}"
+        queue.start_problem = f"start-up failed: {describe(exc)}"
         log.exception("cannot start deploying yet")
         return False
     queue.start_problem = None
@@ -155,7 +172,9 @@ async def _start_work(engine: Engine, queue: JobQueue) -> None:
         log.error("at start-up: %s", exc)
     else:
         log.info("start-up reconciliation: %s", report.summary())
-    failed, requeued = await engine.store.jobs.recover_interrupted()
+    failed, requeued = await engine.store.jobs.recover_interrupted(
+        retries=queue.settings.interrupted_retries
+    )
     for job in failed:
         log.warning("job %s was interrupted", job.id, extra={"project": job.project, "job": job.id})
     for job in requeued:

@@ -15,11 +15,20 @@ import asyncio
 import getpass
 import json
 import logging
+import signal
+import sqlite3
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from gatebot.errors import ConfigError, GatebotError, LockHeld, StageFailed, UnknownProject
+from gatebot.errors import (
+    ConfigError,
+    GatebotError,
+    LockHeld,
+    StageFailed,
+    UnknownProject,
+    describe,
+)
 from gatebot.logs import configure_logging
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.journal import JournalEvent
@@ -162,33 +171,72 @@ def main(argv: Sequence[str] | None = None) -> int:
             console.say("the container's last log lines:", err=True)
             console.say("\n".join(f"  | {line}" for line in exc.logs.splitlines()), err=True)
         return EXIT_FAILED
+    except (OSError, sqlite3.Error) as exc:  # a read-only or full folder, a broken database
+        console.say(f"gatebot: {describe(exc)}", err=True)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         console.say("gatebot: interrupted; the next start repairs any half-done deploy", err=True)
         return 130
 
 
 def serve(settings: Settings, *, verbose: bool) -> int:
-    """Run until SIGTERM or SIGINT; running deploys finish first, queued jobs stay queued."""
+    """Run until SIGTERM or SIGINT; running deploys finish first, queued jobs stay queued.
+    A second signal cuts running deploys off at once: exit code 128 + its number."""
     import uvloop
     from aiohttp import web
 
+    from gatebot.api.keys import QUEUE
     from gatebot.app import create_app
 
     logging.getLogger().setLevel(logging.DEBUG if verbose else logging.INFO)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     log = logging.getLogger("gatebot")
     log.info("gatebot serving on http://%s", settings.server.listen)
+    app = create_app(settings)
+    loop = uvloop.new_event_loop()  # libuv's loop: 1.14x the deliveries per second
+    exit_code = EXIT_OK
+
+    def stop(signum: signal.Signals) -> None:
+        nonlocal exit_code
+        if exit_code == EXIT_OK and not stopping:
+            stopping.append(signum)
+            log.info(
+                "%s: stopping; running deploys get up to %gs to finish (a second %s cuts them "
+                "off)",
+                signum.name,
+                settings.queue.shutdown_timeout,
+                signum.name,
+            )
+            raise web.GracefulExit()
+        if exit_code != EXIT_OK:
+            log.warning("%s again: already stopping now", signum.name)
+            return
+        exit_code = 128 + signum.value
+        queue = app.get(QUEUE)
+        running = queue.cut_short() if queue is not None else 0
+        log.warning(
+            "%s again: stopping now; %d running job(s) cut off (the next start repairs their "
+            "deployments and queues them again); exit code %d",
+            signum.name,
+            running,
+            exit_code,
+        )
+
+    stopping: list[signal.Signals] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop, signum)
     web.run_app(
-        create_app(settings),
+        app,
         host=settings.server.host,
         port=settings.server.port,
         print=None,
         access_log=None,
         shutdown_timeout=10,
-        loop=uvloop.new_event_loop(),  # libuv's loop: 1.14x the deliveries per second
+        handle_signals=False,  # stop() above
+        loop=loop,
     )
     log.info("gatebot stopped")
-    return EXIT_OK
+    return exit_code
 
 
 def check_config(settings: Settings, console: Console) -> int:

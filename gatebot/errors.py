@@ -6,6 +6,9 @@ where there is one, what to do, and it never carries a secret.
 
 from __future__ import annotations
 
+import errno
+import sqlite3
+
 
 class GatebotError(Exception):
     """Base of every error gatebot raises on purpose."""
@@ -107,3 +110,20 @@ class StageFailed(GatebotError):
         self.stage = stage
         self.reason = reason
         self.logs = logs
+
+
+def named_cause(exc: BaseException) -> str | None:
+    """A known cause in words, or None: a database that refuses (locked, full, corrupted), a
+    file that cannot be written (its strerror, errno name and path: "No space left on device
+    [ENOSPC] (/etc/nginx/gatebot.d/.shop.live.tmp)")."""
+    if isinstance(exc, sqlite3.DatabaseError):
+        return f"database error: {exc}"
+    if isinstance(exc, OSError) and exc.errno is not None:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror or exc} [{errno.errorcode.get(exc.errno, exc.errno)}]{where}"
+    return None
+
+
+def describe(exc: BaseException) -> str:
+    """An unexpected exception in words: its named cause, else an internal error."""
+    return named_cause(exc) or f"internal error: {type(exc).__name__}: {exc}"

@@ -12,11 +12,11 @@ A gated project's polled commit waits for its checks like a pushed one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Iterable
 from typing import Protocol
 
+from gatebot.aio import cancel_all
 from gatebot.errors import GatebotError
 from gatebot.intake import push_job
 from gatebot.model import JobKind, JobState, Origin, OriginKind
@@ -71,11 +71,7 @@ class Poller:
 
     async def stop(self) -> None:
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(tasks)
 
     async def _run(self, project: ProjectSettings, interval: float) -> None:
         while True:  # at start-up first, then every interval

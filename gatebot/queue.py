@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Protocol, TypeVar
 
-from gatebot.errors import GatebotError, LockHeld, NotNewer
+from gatebot.errors import GatebotError, LockHeld, NotNewer, named_cause
 from gatebot.model import JobState
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.journal import JournalEvent, Listener
@@ -163,6 +163,14 @@ class JobQueue:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
+    def cut_short(self) -> int:
+        """Cancel the running jobs now (a second SIGTERM: a `stop` waiting for them returns);
+        their deployments stay in flight for the next start to repair. How many there were."""
+        tasks = list(self._running.values())
+        for task in tasks:
+            task.cancel()
+        return len(tasks)
+
     async def _dispatch(self) -> None:
         failures = 0
         while not self._stopping:
@@ -241,7 +249,8 @@ class JobQueue:
                 state, error = JobState.FAILED, redact(str(problem), secrets)
             except Exception as exc:
                 log.exception("job %s failed unexpectedly", job.id, extra=extra)
-                state, error = JobState.FAILED, f"internal error: {type(exc).__name__}"
+                cause = named_cause(exc) or f"internal error: {type(exc).__name__}"
+                state, error = JobState.FAILED, redact(cause, secrets_of(self.engine.settings))
             if deployment is not None:
                 deployment_id: int | None = deployment.id
             else:

@@ -68,6 +68,9 @@ class ServerSettings(_Model):
     record_timeout: float = Field(5.0, gt=0, le=60)
     body_timeout: float = Field(30.0, gt=0)  # a request body must arrive within this many s
     deliveries_keep_days: float = Field(7.0, gt=0)  # webhook delivery ids kept for de-dup
+    # The watchdog (gatebot/watchdog.py) reconciles every project this often while serving,
+    # and follows Docker's events; 0 turns it off (only start-up and each job reconcile).
+    reconcile_interval: float = Field(30.0, ge=0)
 
     @field_validator("listen")
     @classmethod
@@ -142,6 +145,9 @@ class QueueSettings(_Model):
     paused: bool = False  # accept and queue jobs, run none (maintenance)
     shutdown_timeout: float = Field(600.0, ge=0)  # on SIGTERM, how long running deploys get
     busy_retry_seconds: float = Field(2.0, gt=0)  # a project locked elsewhere: retry after
+    # A job cut short by a stop of gatebot is queued again at the next start this many times
+    # (while no newer job for its project exists); then it stays failed, saying so.
+    interrupted_retries: int = Field(3, ge=0)
 
 
 class GitHubSettings(_Model):

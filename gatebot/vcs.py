@@ -2,7 +2,13 @@
 ask a remote for a branch head without cloning (polling); tell whether one commit descends from
 another (a deploy never moves a project backwards).
 
-gitpython blocks, so every call runs in a thread. Errors never carry credentials: URLs in
+Every git runs as a child of the event loop (no thread), in a process group of its own, and
+is killed with that group (git's own children, such as index-pack, among them) when the job
+that runs it is cancelled (a job cut off at shutdown) or the source is closed; the kernel
+kills it (PR_SET_PDEATHSIG) when gatebot itself dies. A project's checkout is locked (an flock
+on `checkouts/<project>.lock`) while git writes into it, and each git inherits the lock, so a
+git left behind by a killed gatebot still holds it: the next checkout waits for it to end
+(CHECKOUT_WAIT_SECONDS) instead of writing beside it. Errors never carry credentials: URLs in
 messages are passed through `redact_url` first.
 
 Credentials in an http(s) repository URL never reach the checkout's ``.git/config`` (which a
@@ -14,21 +20,27 @@ the git process's environment (not visible to other users, unlike arguments).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import os
 import re
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-import git
-
+from gatebot.aio import flock_within
 from gatebot.errors import SourceError
 from gatebot.redact import redact_url
 from gatebot.source import Checkout
 
 _SHA = re.compile(r"^[0-9a-fA-F]{7,64}$")
+CHECKOUT_WAIT_SECONDS = 60.0  # for another holder of a checkout's lock to let go
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 _USER_ENV, _PASSWORD_ENV = "GATEBOT_GIT_USERNAME", "GATEBOT_GIT_PASSWORD"  # noqa: S105
@@ -62,88 +74,105 @@ def split_credentials(url: str) -> tuple[str, Credentials | None]:
     return clean, Credentials(unquote(user or ""), unquote(password or ""))
 
 
+class GitFailed(Exception):
+    """git exited non-zero: its subcommand, exit status and message (credentials still in)."""
+
+    def __init__(self, subcommand: str, status: int, stderr: str) -> None:
+        super().__init__(f"git {subcommand} failed: {stderr}")
+        self.subcommand = subcommand
+        self.status = status
+        self.stderr = stderr
+
+    def source_error(self) -> SourceError:
+        return SourceError(f"git {self.subcommand} failed: {redact_url(self.stderr)}")
+
+
 class GitSource:
     """A `Source` over git (see gatebot/source.py)."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
+        self._running: set[asyncio.subprocess.Process] = set()
 
     def path(self, project: str) -> Path:
         return self.workdir / project
 
+    async def close(self) -> None:
+        """Kill every git still running (gatebot is stopping)."""
+        for process in list(self._running):
+            _kill_group(process)
+
     async def checkout(self, project: str, url: str, branch: str, sha: str | None) -> Checkout:
         """Bring the project's working copy to `sha` (or the head of `branch`)."""
         _check_sha(sha)
-        return await asyncio.to_thread(self._checkout, project, url, branch, sha)
+        path = self.path(project)
+        async with self._locked(project) as lock:
+            try:
+                full, message = await self._fetch(path, url, branch, sha, lock)
+                await self._git(["checkout", "--force", "--detach", full], path, lock)
+                await self._git(["clean", "-ffdx"], path, lock)
+            except GitFailed as exc:
+                raise exc.source_error() from None
+        return Checkout(path=path, sha=full, message=message)
 
     async def fetch(self, project: str, url: str, branch: str, sha: str | None) -> str:
         """Bring the branch (and `sha`, if it is elsewhere) into the project's working copy
         without checking anything out; the full SHA of `sha` (or of the branch head)."""
         _check_sha(sha)
-
-        def run() -> str:
+        async with self._locked(project) as lock:
             try:
-                return self._fetch(self.path(project), url, branch, sha)[1].hexsha
-            except git.GitCommandError as exc:
-                detail = redact_url(_stderr(exc))
-                raise SourceError(f"git {_subcommand(exc.command)} failed: {detail}") from None
+                return (await self._fetch(self.path(project), url, branch, sha, lock))[0]
+            except GitFailed as exc:
+                raise exc.source_error() from None
 
-        return await asyncio.to_thread(run)
-
-    def _fetch(
-        self, path: Path, url: str, branch: str, sha: str | None
-    ) -> tuple[git.Repo, git.Commit]:
+    async def _fetch(
+        self, path: Path, url: str, branch: str, sha: str | None, lock: int
+    ) -> tuple[str, str]:
+        """(full SHA, subject line) of `sha` or the branch head, once fetched."""
         clean_url, credentials = split_credentials(url)
-        repo, fresh = self._open_or_init(path, clean_url)
+        fresh = await self._open_or_init(path, clean_url, lock)
         # A new working copy fetches every branch, as a clone would; later only `branch`.
         wanted = "*" if fresh else branch
-        with _credentials(repo, credentials) as remote:
-            remote.fetch("--prune", "origin", f"+refs/heads/{wanted}:refs/remotes/origin/{wanted}")
+        spec = f"+refs/heads/{wanted}:refs/remotes/origin/{wanted}"
+        await self._git(["fetch", "--prune", "origin", spec], path, lock, credentials)
         target = sha or f"refs/remotes/origin/{branch}"
+        found = await self._commit(path, target, lock)
+        if found is not None:
+            return found
+        if sha is None:
+            raise SourceError(f"branch {branch!r} not found in the repository")
+        # Not on the branch (force-pushed away, or another ref): ask for it directly.
         try:
-            return repo, repo.commit(target)
-        except (git.BadName, ValueError):
-            if sha is None:
-                raise SourceError(f"branch {branch!r} not found in the repository") from None
-            # Not on the branch (force-pushed away, or another ref): ask for it directly.
-            try:
-                with _credentials(repo, credentials) as remote:
-                    remote.fetch("origin", sha)
-                return repo, repo.commit(sha)
-            except (git.GitCommandError, git.BadName, ValueError):
-                raise SourceError(f"commit {sha} not found in the repository") from None
+            await self._git(["fetch", "origin", sha], path, lock, credentials)
+        except GitFailed:
+            raise SourceError(f"commit {sha} not found in the repository") from None
+        found = await self._commit(path, sha, lock)
+        if found is None:
+            raise SourceError(f"commit {sha} not found in the repository")
+        return found
 
-    def _checkout(self, project: str, url: str, branch: str, sha: str | None) -> Checkout:
-        path = self.path(project)
+    async def _commit(self, path: Path, ref: str, lock: int) -> tuple[str, str] | None:
         try:
-            repo, commit = self._fetch(path, url, branch, sha)
-            repo.git.checkout("--force", "--detach", commit.hexsha)
-            repo.git.clean("-ffdx")
-            message = str(commit.message).strip().splitlines()[0] if commit.message else ""
-            return Checkout(path=path, sha=commit.hexsha, message=message)
-        except git.GitCommandError as exc:
-            detail = redact_url(_stderr(exc))
-            raise SourceError(f"git {_subcommand(exc.command)} failed: {detail}") from None
+            out = await self._git(
+                ["log", "-1", "--format=%H%n%B", f"{ref}^{{commit}}", "--"], path, lock
+            )
+        except GitFailed:
+            return None
+        full, _, message = out.partition("\n")
+        lines = message.strip().splitlines()
+        return full.strip(), (lines[0] if lines else "")
 
     async def remote_head(self, url: str, branch: str) -> str | None:
         """The commit at the head of `branch` in the repository at `url`, asked with
         ``git ls-remote`` (no clone; credentials through the helper, never as arguments);
         None when the branch does not exist."""
-        return await asyncio.to_thread(self._remote_head, url, branch)
-
-    def _remote_head(self, url: str, branch: str) -> str | None:
         ref = f"refs/heads/{branch}"
         clean_url, credentials = split_credentials(url)
-        command = git.Git()
         try:
-            if credentials is None:
-                out = command.ls_remote(clean_url, ref)
-            else:
-                with command.custom_environment(**_credential_env(credentials)):
-                    out = command(c=_HELPERS).ls_remote(clean_url, ref)
-        except git.GitCommandError as exc:
-            raise SourceError(f"git ls-remote failed: {redact_url(_stderr(exc))}") from None
-        for line in str(out).splitlines():
+            out = await self._git(["ls-remote", clean_url, ref], None, None, credentials)
+        except GitFailed as exc:
+            raise exc.source_error() from None
+        for line in out.splitlines():
             sha, _, name = line.partition("\t")
             if name.strip() == ref:
                 return sha.strip()
@@ -154,42 +183,105 @@ class GitSource:
         --is-ancestor`` in the project's checkout (both commits must have been fetched)."""
         for sha in (ancestor, descendant):
             _check_sha(sha)
-        return await asyncio.to_thread(self._is_ancestor, project, ancestor, descendant)
-
-    def _is_ancestor(self, project: str, ancestor: str, descendant: str) -> bool:
+        path = self.path(project)
+        if not (path / ".git").is_dir():
+            raise SourceError(f"no checkout of {project} yet")
         try:
-            git.Repo(self.path(project)).git.merge_base("--is-ancestor", ancestor, descendant)
-        except git.GitCommandError as exc:
+            await self._git(["merge-base", "--is-ancestor", ancestor, descendant], path, None)
+        except GitFailed as exc:
             if exc.status == 1:
                 return False
-            raise SourceError(f"git merge-base failed: {redact_url(_stderr(exc))}") from None
-        except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-            raise SourceError(f"no checkout of {project} yet") from None
+            raise exc.source_error() from None
         return True
 
-    def _open_or_init(self, path: Path, url: str) -> tuple[git.Repo, bool]:
-        """The working copy at `path` with `url` (no credentials) as its origin; a new, empty
-        one (fetched into next) when there is none or it is broken; and whether it is new."""
+    async def _open_or_init(self, path: Path, url: str, lock: int) -> bool:
+        """Make `path` a working copy with `url` (no credentials) as its origin: kept when it
+        is one, made new and empty (fetched into next) when there is none or it is broken (an
+        interrupted first clone). Whether it is new."""
         if (path / ".git").is_dir():
             try:
-                repo = git.Repo(path)
-                if repo.remotes.origin.url != url:
-                    repo.remotes.origin.set_url(url)
-                return repo, False
-            except (
-                git.InvalidGitRepositoryError,
-                git.NoSuchPathError,
-                AttributeError,
-                ValueError,
-                IndexError,
-            ):
-                pass  # broken (an interrupted clone, say): start again below
-        if path.exists():
-            shutil.rmtree(path)  # a half-made clone from an interrupted first run
+                origin = (await self._git(["remote", "get-url", "origin"], path, lock)).strip()
+                if origin != url:
+                    await self._git(["remote", "set-url", "origin", url], path, lock)
+                return False
+            except GitFailed:
+                pass  # broken, or no origin: start again below
+        await asyncio.to_thread(_remove_tree, path)
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        repo = git.Repo.init(path)
-        repo.create_remote("origin", url)
-        return repo, True
+        await self._git(["init", "-q", str(path)], path.parent, lock)
+        await self._git(["remote", "add", "origin", url], path, lock)
+        return True
+
+    @asynccontextmanager
+    async def _locked(self, project: str) -> AsyncIterator[int]:
+        """The checkout's flock, held for the block (waiting up to CHECKOUT_WAIT_SECONDS for
+        another holder: a git a killed gatebot left behind); its fd, for git to inherit."""
+        self.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.workdir / f"{project}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if not await flock_within(fd, CHECKOUT_WAIT_SECONDS):
+                raise SourceError(
+                    f"the checkout of {project} stayed locked for "
+                    f"{CHECKOUT_WAIT_SECONDS:g}s (a git still running?)"
+                )
+            yield fd
+        finally:
+            os.close(fd)
+
+    async def _git(
+        self,
+        args: list[str],
+        cwd: Path | None,
+        lock: int | None,
+        credentials: Credentials | None = None,
+    ) -> str:
+        """Run git with `args` in `cwd` (its own process group, the checkout's lock `lock`
+        inherited); its output. Cancelled: the group is killed. Raise GitFailed."""
+        env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
+        command = ["git"]
+        if credentials is not None:
+            env.update(_credential_env(credentials))
+            command += [word for helper in _HELPERS for word in ("-c", helper)]
+        process = await asyncio.create_subprocess_exec(
+            *command,
+            *args,
+            cwd=cwd,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,  # a group of its own, killed as one
+            pass_fds=(lock,) if lock is not None else (),
+            preexec_fn=_die_with_parent,
+        )
+        self._running.add(process)
+        try:
+            out, err = await process.communicate()
+        except BaseException:  # cancelled (the job was cut off) or worse: no git left behind
+            _kill_group(process)
+            await asyncio.shield(process.wait())
+            raise
+        finally:
+            self._running.discard(process)
+        if process.returncode != 0:
+            stderr = err.decode("utf-8", "replace").strip()
+            raise GitFailed(_subcommand(command + args), process.returncode or 1, stderr)
+        return out.decode("utf-8", "replace")
+
+
+def _remove_tree(path: Path) -> None:
+    if path.exists():
+        shutil.rmtree(path)
+
+
+def _die_with_parent() -> None:
+    """In the child, before git runs: SIGKILL when gatebot's process dies (Linux)."""
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _kill_group(process: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def _check_sha(sha: str | None) -> None:
@@ -205,16 +297,6 @@ def _credential_env(credentials: Credentials) -> dict[str, str]:
     }
 
 
-@contextmanager
-def _credentials(repo: git.Repo, credentials: Credentials | None) -> Iterator[git.Git]:
-    """repo.git for one command, given `credentials` by the helper above when there are any."""
-    if credentials is None:
-        yield repo.git
-        return
-    with repo.git.custom_environment(**_credential_env(credentials)):
-        yield repo.git(c=_HELPERS)
-
-
 def _subcommand(command: object) -> str:
     """``fetch`` in ``git -c a=b -c c=d fetch --prune ...``."""
     words = [str(w) for w in command] if isinstance(command, list | tuple) else []
@@ -227,10 +309,3 @@ def _subcommand(command: object) -> str:
         elif not word.startswith("-"):
             return word
     return ""
-
-
-def _stderr(exc: git.GitCommandError) -> str:
-    """git's own message, without gitpython's ``stderr: '...'`` wrapping."""
-    text = str(exc.stderr or exc).strip()
-    match = re.match(r"^stderr: '(.*)'$", text, flags=re.S)
-    return (match.group(1) if match else text).strip()

@@ -74,19 +74,22 @@ async def open_engine(
     runtimes: dict[str, Runtime] = {
         p.name: swarm for p in settings.projects if p.runtime == "swarm" and swarm is not None
     }
+    source = GitSource(data_dir / "checkouts")
     try:
         yield Engine(
             settings=settings,
             store=store,
             runtime=runtime,
             proxy=open_proxy(settings, on_reload=listeners.nginx_reload),
-            source=GitSource(data_dir / "checkouts"),
+            source=source,
             locks=ProjectLocks(data_dir / "locks"),
             logs_dir=data_dir / "logs",
             on_probe=listeners.health_probe,
             runtimes=runtimes,
+            events=runtime,
         )
     finally:
+        await source.close()  # no git outlives the engine
         if swarm is not None:
             await swarm.close()
         await runtime.close()

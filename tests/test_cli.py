@@ -6,9 +6,12 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from tests.support.cli import config_file, gatebot
-from tests.support.setup import Setup
+from tests.support.faults import tmpfs_on
+from tests.support.settings import config_toml
+from tests.support.setup import Setup, Workspace
 
 
 def test_check_config_prints_the_resolved_projects(setup: Setup) -> None:
@@ -85,6 +88,48 @@ def test_unknown_project_is_one_line_and_exit_2(setup: Setup) -> None:
     assert (
         result.stderr.strip() == "gatebot: unknown project 'nope': it is not in the configuration"
     )
+
+
+def offline_config(workspace: Workspace) -> Path:
+    """A configuration for `workspace` whose nginx commands do nothing (no nginx, no Docker)."""
+    tables: dict[str, dict[str, Any]] = {
+        "server": {"data_dir": str(workspace.data_dir)},
+        "nginx": {
+            "conf_dir": str(workspace.tmp_path / "conf"),
+            "test_cmd": ["true"],
+            "reload_cmd": ["true"],
+        },
+    }
+    path = workspace.tmp_path / "gatebot.toml"
+    path.write_text(config_toml(tables, [workspace.project(forge_repo="acme/shop")]))
+    return path
+
+
+def test_a_corrupted_database_is_one_line_naming_it(workspace: Workspace) -> None:
+    path = offline_config(workspace)
+    workspace.data_dir.mkdir()
+    database = workspace.data_dir / "gatebot.db"
+    database.write_bytes(b"not a database, " * 512)
+    result = gatebot("-c", str(path), "status")
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"gatebot: cannot open database {database}: file is not a database; "
+        "restore it from a backup"
+    ]
+
+
+def test_a_read_only_conf_dir_is_one_line_naming_the_path_and_errno(
+    workspace: Workspace,
+) -> None:
+    path = offline_config(workspace)
+    conf_dir = workspace.tmp_path / "conf"
+    with tmpfs_on(conf_dir, read_only=True):
+        result = gatebot("-c", str(path), "check-config", "--write-nginx")
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"gatebot: cannot write nginx files in {conf_dir}: Read-only file system [EROFS] "
+        f"({conf_dir}/.gatebot-nginx.lock)"
+    ]
 
 
 def test_unreachable_docker_engine_is_one_clear_line(setup: Setup) -> None:

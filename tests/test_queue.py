@@ -8,6 +8,7 @@ Where a real deploy is not what a test is about, a fake runner (`Gate`) stands i
 from __future__ import annotations
 
 import asyncio
+import errno
 import sqlite3
 import subprocess
 import sys
@@ -261,19 +262,19 @@ async def crash(queue: JobQueue) -> None:
     await queue.stop(timeout=0)
 
 
-async def test_an_interrupted_job_is_requeued_once_and_its_retry_not_again(
+async def test_an_interrupted_job_is_requeued_and_past_interrupted_retries_not_again(
     deploying_engine: Engine, setup: Setup, make_deploying_queue: QueueFactory
 ) -> None:
     engine, make_queue = deploying_engine, make_deploying_queue  # start_work reconciles
     gate = Gate()  # closed: a job runs until the crash
-    first = make_queue(gate)
+    first = make_queue(gate, interrupted_retries=1)
     await first.start()
     [job] = await first.submit([deploy_job(setup.name)])
     await wait_until(lambda: job.id in gate.running)
     await crash(first)
     assert (await engine.store.jobs.require(job.id)).state == "running"
 
-    second = make_queue(gate)
+    second = make_queue(gate, interrupted_retries=1)
     assert await start_work(engine, second)  # the next start: recover, then run
     [retry, failed] = await engine.store.jobs.recent()
     assert (failed.id, failed.state) == (job.id, "failed")
@@ -282,7 +283,7 @@ async def test_an_interrupted_job_is_requeued_once_and_its_retry_not_again(
     await wait_until(lambda: retry.id in gate.running)  # the retry runs...
     await crash(second)  # ...and the process dies again
 
-    third = make_queue(gate)
+    third = make_queue(gate, interrupted_retries=1)
     gate.open.set()
     assert await start_work(engine, third)
     await asyncio.wait_for(third.drain(), 30)
@@ -291,7 +292,9 @@ async def test_an_interrupted_job_is_requeued_once_and_its_retry_not_again(
         (retry.id, "failed", job.id),
         (job.id, "failed", None),
     ]
-    assert "interrupted" in (jobs[0].error or "")
+    assert (jobs[0].error or "").endswith(
+        "not queued again: interrupted 2 times ([queue] interrupted_retries = 1)"
+    )
     assert gate.started == [job.id, retry.id]
 
 
@@ -397,3 +400,30 @@ async def test_a_failing_observer_or_runner_never_stops_the_queue(
         row = await engine.store.jobs.require(job.id)
         assert (row.state, row.error) == ("failed", "internal error: KeyError")
     assert queue.alive
+
+
+@pytest.mark.parametrize(
+    ("raised", "error"),
+    [
+        (
+            sqlite3.OperationalError("database or disk is full"),
+            "database error: database or disk is full",
+        ),
+        (
+            OSError(errno.EROFS, "Read-only file system", "/srv/conf/.shop.live.tmp"),
+            "Read-only file system [EROFS] (/srv/conf/.shop.live.tmp)",
+        ),
+    ],
+)
+async def test_a_job_that_fails_outside_a_stage_names_a_known_cause(
+    engine: Engine, make_queue: QueueFactory, raised: Exception, error: str
+) -> None:
+    async def failing(engine: Engine, job: Job, listeners: list[Listener]) -> Deployment:
+        raise raised
+
+    queue = make_queue(failing)
+    await queue.start()
+    [job] = await queue.submit([deploy_job("alpha")])
+    await asyncio.wait_for(queue.drain(), 10)
+    row = await engine.store.jobs.require(job.id)
+    assert (row.state, row.error) == ("failed", error)

@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 
 import aiohttp
 
@@ -34,6 +35,26 @@ async def wait_for(predicate, timeout: float = 60.0) -> None:  # type: ignore[no
         await asyncio.sleep(0.1)
 
 
+def serve(config: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """`gatebot serve` as a process, its log lines on stdout."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "gatebot", "-c", str(config), "serve"],
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def answers(port: int) -> bool:
+    """Whether the server on `port` answers /healthz."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:  # noqa: S310
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
 async def test_sigterm_lets_the_running_deploy_finish_and_keeps_queued_jobs(setup: Setup) -> None:
     port = free_port()
     project = setup.project(
@@ -47,25 +68,12 @@ async def test_sigterm_lets_the_running_deploy_finish_and_keeps_queued_jobs(setu
         server={"listen": f"127.0.0.1:{port}"},
         github={"webhook_secret": "env:TEST_SECRET"},
     )
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gatebot", "-c", str(path), "serve"],
-        env={**os.environ, "TEST_SECRET": GITHUB_SECRET},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    server = serve(path, {"TEST_SECRET": GITHUB_SECRET})
     base = f"http://127.0.0.1:{port}"
     db = str(setup.data_dir / "gatebot.db")
 
-    def healthy() -> bool:
-        try:
-            with urllib.request.urlopen(f"{base}/healthz", timeout=1) as r:  # noqa: S310
-                return bool(r.status == 200)
-        except OSError:
-            return False
-
     try:
-        await wait_for(healthy)
+        await wait_for(lambda: answers(port))
         async with aiohttp.ClientSession() as session:
             for version in ("v1", "v2"):
                 sha = setup.repo.commit(version)
@@ -85,3 +93,41 @@ async def test_sigterm_lets_the_running_deploy_finish_and_keeps_queued_jobs(setu
     assert server.returncode == 0, output
     assert job_states(db) == [(1, "succeeded"), (2, "queued")]
     assert GITHUB_SECRET not in output
+
+
+async def test_a_second_sigterm_cuts_the_running_deploy_off_says_so_and_exits_143(
+    setup: Setup,
+) -> None:
+    port = free_port()
+    # No webhook secret: serve polls the branch at start-up and deploys its head, whose
+    # health check never passes (for a minute): a deploy that is running when the signals come.
+    project = setup.project(health={"retries": 600, "interval": 0.1})
+    path = write_config(
+        setup.tmp_path / "gatebot.toml",
+        setup.data_dir,
+        [project],
+        nginx=setup.nginx,
+        server={"listen": f"127.0.0.1:{port}"},
+    )
+    setup.repo.commit("v1", healthy=False)
+    server = serve(path)
+    db = str(setup.data_dir / "gatebot.db")
+    try:
+        await wait_for(lambda: answers(port))
+        await wait_for(lambda: (1, "running") in job_states(db))
+        server.send_signal(signal.SIGTERM)
+        await wait_for(lambda: not answers(port))  # the first one is stopping the server
+        server.send_signal(signal.SIGTERM)
+        output, _ = server.communicate(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    assert server.returncode == 143, output
+    assert "SIGTERM: stopping; running deploys get up to 600s to finish" in output
+    assert (
+        "SIGTERM again: stopping now; 1 running job(s) cut off (the next start repairs their "
+        "deployments and queues them again); exit code 143"
+    ) in output
+    assert "Traceback" not in output
+    assert job_states(db) == [(1, "running")]  # for the next start to repair and requeue

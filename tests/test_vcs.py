@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import functools
+import os
+import signal
+import socket
 import subprocess
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from gatebot import vcs
 from gatebot.errors import SourceError
 from gatebot.vcs import GitSource, split_credentials
+from tests.support.server import wait_until
 
 GIT = ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com"]
 
@@ -312,3 +320,96 @@ def test_split_credentials(url: str, clean: str, user: str, password: str) -> No
 )
 def test_urls_without_http_credentials_stay_as_they_are(url: str) -> None:
     assert split_credentials(url) == (url, None)
+
+
+# --- git's processes and the checkout's lock --------------------------------------------------
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A port that accepts connections and never answers: a git fetch from it hangs."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                accepted.append(listener.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join()
+    for conn in accepted:
+        conn.close()
+    listener.close()
+
+
+def gits_for(port: int) -> list[int]:
+    """The pids of processes (git and its helpers) whose command line names the port."""
+    marker = f"127.0.0.1:{port}".encode()
+    found = []
+    for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+        with contextlib.suppress(OSError):
+            if marker in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+    return found
+
+
+async def eventually(predicate: Callable[[], bool]) -> None:
+    async def holds() -> bool:
+        return predicate()
+
+    await wait_until(holds, timeout=10)
+
+
+async def test_a_cancelled_checkout_kills_git_and_its_helpers(
+    source: GitSource, silent_server: int
+) -> None:
+    url = f"http://127.0.0.1:{silent_server}/x.git"
+    task = asyncio.create_task(source.checkout("shop", url, "main", None))
+    await eventually(lambda: len(gits_for(silent_server)) >= 2)  # git and git-remote-http
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await eventually(lambda: not gits_for(silent_server))
+
+
+async def test_a_git_left_by_a_killed_gatebot_keeps_the_checkout_locked(
+    source: GitSource, silent_server: int, remote: Remote, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"http://127.0.0.1:{silent_server}/x.git"
+    script = (
+        "import asyncio, sys\n"
+        "from pathlib import Path\n"
+        "from gatebot.vcs import GitSource\n"
+        f"asyncio.run(GitSource(Path({str(source.workdir)!r})).checkout('shop', {url!r}, 'main',"
+        " None))\n"
+    )
+    gatebot = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        await eventually(lambda: len(gits_for(silent_server)) >= 3)  # gatebot, git, a helper
+        helpers = [p for p in gits_for(silent_server) if p not in (gatebot.pid, os.getpgid(p))]
+        for pid in helpers:  # caught in the middle of writing: they outlive gatebot
+            os.kill(pid, signal.SIGSTOP)
+    finally:
+        gatebot.kill()  # SIGKILL: nothing of gatebot runs to clean up
+        gatebot.wait()
+    # git itself, its group's leader, dies with gatebot (the kernel's parent-death signal);
+    # the helpers left behind hold the checkout's lock: the next checkout does not write
+    # beside them.
+    try:
+        await eventually(lambda: sorted(gits_for(silent_server)) == sorted(helpers))
+        monkeypatch.setattr(vcs, "CHECKOUT_WAIT_SECONDS", 0.5)
+        with pytest.raises(SourceError, match="the checkout of shop stayed locked for 0.5s"):
+            await source.checkout("shop", remote.url, "main", None)
+    finally:
+        for pid in helpers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    await eventually(lambda: not gits_for(silent_server))
+    sha = remote.commit("v1")
+    assert (await source.checkout("shop", remote.url, "main", None)).sha == sha

@@ -12,12 +12,14 @@ from gatebot.metrics import Metrics
 from gatebot.pipeline.engine import Engine
 from gatebot.queue import JobQueue
 from gatebot.settings import Settings
+from gatebot.watchdog import Watchdog
 
 SETTINGS = web.AppKey("settings", Settings)
 ENGINE = web.AppKey("engine", Engine)
 QUEUE = web.AppKey("queue", JobQueue)
 FEEDBACK = web.AppKey("feedback", Feedback)
 GATES = web.AppKey("gates", GateWatcher)
+WATCHDOG = web.AppKey("watchdog", Watchdog)
 SECRETS = web.AppKey("secrets", tuple[str, ...])  # what answers and logs must never show
 SESSIONS = web.AppKey("sessions", Sessions)  # the dashboard's signed-in browsers
 THROTTLE = web.AppKey("throttle", SignInThrottle)  # failed sign-ins per address

@@ -1,7 +1,8 @@
 """Liveness and readiness: /healthz while the process lives, /readyz when it can deploy.
 
-/readyz checks the database, the Docker engine, that the database knows the releases that run
-(not a new database beside them, "releases") and the queue's dispatcher. A dispatcher that
+/readyz checks the database, the Docker engine, the releases (`releases`: the database knows
+the releases that run, not a new database beside them, and each project's ACTIVE release's
+container is running) and the queue's dispatcher. A dispatcher that
 has died answers 503 (webhooks would be queued and never run); a paused queue, or one not
 started yet, is reported in the checks: not started because Docker is unreachable fails the
 docker check anyway, and not started for another reason while Docker answers is a 503 too.
@@ -13,6 +14,7 @@ from aiohttp import web
 
 from gatebot.api.keys import ENGINE, QUEUE
 from gatebot.errors import GatebotError
+from gatebot.model import Status
 from gatebot.pipeline.adopt import find_unrecorded
 from gatebot.pipeline.engine import Engine
 
@@ -44,7 +46,8 @@ async def readiness(app: web.Application) -> tuple[bool, dict[str, str]]:
         checks["docker"] = "ok"
     except GatebotError as exc:
         checks["docker"] = f"unavailable: {exc}"
-    checks["releases"] = await releases_check(engine)
+    if checks["database"] == checks["docker"] == "ok":
+        checks["releases"] = await releases_check(engine)
     ready = all(v == "ok" for v in checks.values())
     queue = app[QUEUE]
     if queue.alive:
@@ -59,12 +62,27 @@ async def readiness(app: web.Application) -> tuple[bool, dict[str, str]]:
 
 
 async def releases_check(engine: Engine) -> str:
-    """"ok", or why deploys are refused: a database that records no deployment beside
-    gatebot's running releases (a lost or deleted database, pipeline/adopt.py)."""
+    """"ok", or what is wrong with the releases that run: a database that records no
+    deployment beside gatebot's running releases (a lost or deleted database: deploys are
+    refused, pipeline/adopt.py), or the configured projects whose ACTIVE release's container
+    is not running (the database says live, nginx routes to it, and it cannot answer: the
+    watchdog is bringing it back, or could not)."""
     try:
         found = await find_unrecorded(engine)
     except Exception as exc:  # noqa: BLE001 - the docker or database check names the cause
         return f"unknown: {type(exc).__name__}"
-    if found is None:
-        return "ok"
-    return "unrecorded: " + found.describe(str(engine.store.db.path))
+    if found is not None:
+        return "unrecorded: " + found.describe(str(engine.store.db.path))
+    configured = {p.name for p in engine.settings.projects}
+    down: list[str] = []
+    try:
+        for active in await engine.store.deployments.with_status(Status.ACTIVE):
+            if active.project not in configured or not active.container:
+                continue
+            state = await engine.runtime_for(active.project).state(active.container)
+            if state is None or not state.running:
+                what = state.status if state is not None else "missing"
+                down.append(f"{active.project} (v{active.version}, {active.container} {what})")
+    except GatebotError as exc:
+        return f"unknown: {exc}"
+    return f"down: {', '.join(down)}" if down else "ok"

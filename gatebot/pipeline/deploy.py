@@ -19,11 +19,11 @@ import contextlib
 import logging
 from pathlib import Path
 
-from gatebot.errors import GatebotError, RuntimeFailure, SourceError, StageFailed
+from gatebot.errors import GatebotError, RuntimeFailure, SourceError, StageFailed, describe
 from gatebot.model import IN_FLIGHT, LIVE_ONCE, Slot, Status
 from gatebot.pipeline.engine import Engine, image_repository, image_tag, pick_slot
 from gatebot.pipeline.health import still_healthy, wait_healthy
-from gatebot.pipeline.journal import Journal, Listener, describe
+from gatebot.pipeline.journal import Journal, Listener
 from gatebot.pipeline.reconcile import repair
 from gatebot.pipeline.watch import watch_window
 from gatebot.runtime.base import LABEL_DEPLOYMENT, BuildSpec

@@ -24,6 +24,7 @@ from gatebot.runtime.base import (
     LABEL_DEPLOYMENT,
     LABEL_MANAGED,
     LABEL_PROJECT,
+    ContainerEvents,
     ContainerSpec,
     Runtime,
     local_repository,
@@ -55,6 +56,8 @@ class Engine:
     on_probe: ProbeListener | None = None  # hears every health probe of every deploy
     # Projects with runtime = "swarm" -> the runtime that drives them; the others use `runtime`.
     runtimes: Mapping[str, Runtime] = field(default_factory=dict)
+    # The engine's container events, which the server's watchdog follows (None: not followed).
+    events: ContainerEvents | None = None
 
     def runtime_for(self, project: str) -> Runtime:
         return self.runtimes.get(project, self.runtime)

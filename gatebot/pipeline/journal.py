@@ -14,18 +14,16 @@ go to the failed step's output and the log file, never into the reason.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import signal
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gatebot.errors import GatebotError, StageFailed
+from gatebot.errors import GatebotError, StageFailed, describe
 from gatebot.redact import redact
 from gatebot.store.db import utcnow
 from gatebot.store.deployments import Deployments
@@ -80,17 +78,6 @@ def last_stage(log_path: Path) -> str | None:
         if found and stage:
             return stage
     return None
-
-
-def describe(exc: BaseException) -> str:
-    """An unexpected exception in words: the known causes named (a database that refuses a
-    write, a file that cannot be written with its path and errno), the rest as internal."""
-    if isinstance(exc, sqlite3.OperationalError):
-        return f"database error: {exc}"
-    if isinstance(exc, OSError) and exc.errno is not None:
-        where = f" ({exc.filename})" if exc.filename else ""
-        return f"{exc.strerror or exc} [{errno.errorcode.get(exc.errno, exc.errno)}]{where}"
-    return f"internal error: {type(exc).__name__}: {exc}"
 
 
 class Journal:

@@ -8,6 +8,7 @@ at once with LockHeld, naming who holds it.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from collections.abc import AsyncIterator
@@ -54,12 +55,11 @@ class ProjectLocks:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise LockHeld(project, _read(fd) or "another gatebot process") from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{purpose} (pid {os.getpid()})".encode(), 0)
+            _note(fd, f"{purpose} (pid {os.getpid()})")
             try:
                 yield
             finally:
-                os.ftruncate(fd, 0)
+                _note(fd, "")
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
@@ -81,6 +81,15 @@ def _flocked(fd: int) -> bool | None:
         if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == key:
             return True
     return False
+
+
+def _note(fd: int, holder: str) -> None:
+    """Say who holds the lock, in its file: only a courtesy to whoever finds it busy, so a
+    full disk (ENOSPC) leaves the text out and the lock, which is the flock, stands."""
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        if holder:
+            os.pwrite(fd, holder.encode(), 0)
 
 
 def _read(fd: int) -> str:

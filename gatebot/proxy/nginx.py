@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import os
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from gatebot.errors import ProxyError
+from gatebot.aio import flock_within
+from gatebot.errors import ProxyError, describe
 from gatebot.model import Color
 from gatebot.proxy.base import ReloadListener
 from gatebot.settings import ProjectSettings
@@ -192,24 +192,25 @@ class NginxProxy:
         processes sharing conf_dir (an flock), so no one tests or reloads another's half-made
         change."""
         async with self._lock:
-            self.conf_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.conf_dir / ".gatebot-nginx.lock", os.O_RDWR | os.O_CREAT, 0o600)
             try:
-                loop = asyncio.get_running_loop()
-                deadline = loop.time() + wait
-                while True:
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        break
-                    except BlockingIOError:
-                        if loop.time() > deadline:
-                            raise ProxyError(
-                                f"another gatebot process kept {self.conf_dir} locked for {wait:g}s"
-                            ) from None
-                        await asyncio.sleep(0.05)
-                yield
+                self.conf_dir.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.conf_dir / ".gatebot-nginx.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as exc:
+                raise self._unwritable(exc) from None
+            try:
+                if not await flock_within(fd, wait):
+                    raise ProxyError(
+                        f"another gatebot process kept {self.conf_dir} locked for {wait:g}s"
+                    )
+                try:
+                    yield
+                except OSError as exc:  # a file that could not be written (read-only, full)
+                    raise self._unwritable(exc) from None
             finally:
                 os.close(fd)  # releases the flock
+
+    def _unwritable(self, exc: OSError) -> ProxyError:
+        return ProxyError(f"cannot write nginx files in {self.conf_dir}: {describe(exc)}")
 
     def _told(self, outcome: str) -> None:
         if self.on_reload is not None:
@@ -313,12 +314,18 @@ class NginxProxy:
     async def _apply(self, wanted: dict[Path, str | None]) -> None:
         previous = {path: _read(path) for path in wanted}
         self.conf_dir.mkdir(parents=True, exist_ok=True)
-        for path, text in wanted.items():
-            _write(path, text)
 
         def restore() -> None:
             for path, text in previous.items():
                 _write(path, text)
+
+        try:
+            for path, text in wanted.items():
+                _write(path, text)
+        except OSError:  # a full or read-only conf_dir: never leave half a change behind
+            with contextlib.suppress(OSError):
+                restore()
+            raise
 
         try:
             result = await run_command(self.test_cmd)
@@ -379,7 +386,9 @@ class NginxProxy:
             if not live.exists():
                 _create(live, text)
         except OSError as exc:
-            raise ProxyError(f"cannot set the route marker of {project}: {exc}") from None
+            raise ProxyError(
+                f"cannot set the route marker of {project}: {describe(exc)}"
+            ) from None
         return True
 
     def access_log(self, project: str) -> Path:
@@ -396,7 +405,9 @@ class NginxProxy:
             else:
                 _unlink_ours(marker)
         except OSError as exc:
-            raise ProxyError(f"cannot set the watch marker of {project}: {exc}") from None
+            raise ProxyError(
+                f"cannot set the watch marker of {project}: {describe(exc)}"
+            ) from None
 
 
 def _read(path: Path) -> str | None:
@@ -411,9 +422,7 @@ def _create(path: Path, text: str) -> None:
     existing = _read(path)
     if existing is not None and not is_gatebots(existing):
         raise ProxyError(f"{path} was not written by gatebot, which leaves it alone")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    _write(path, text, sync=False)
 
 
 def _unlink_ours(path: Path) -> None:
@@ -426,15 +435,25 @@ def _unlink_ours(path: Path) -> None:
         path.unlink()
 
 
-def _write(path: Path, text: str | None) -> None:
-    """Replace `path` atomically (write a temp file, fsync, rename); None deletes it."""
+def _write(path: Path, text: str | None, *, sync: bool = True) -> None:
+    """Replace `path` atomically (write a temp file, fsync unless `sync` is False, rename);
+    None deletes it. An OSError names the file; a temp file left by one is removed."""
     if text is None:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         return
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            if sync:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if exc.filename is None:  # a write or fsync: say which file
+            raise OSError(exc.errno, exc.strerror, str(tmp)) from exc
+        raise
+

@@ -113,3 +113,21 @@ class Runtime(Protocol):
 
     async def endpoints(self, name: str, port: int) -> list[Endpoint]:
         """Where the slot `name`, published on `port`, answers now (empty: nowhere)."""
+
+
+@dataclass(frozen=True)
+class ContainerEvent:
+    """One of the engine's events about a gatebot container (`action`: "die" so far)."""
+
+    action: str
+    name: str
+    labels: Mapping[str, str]
+
+
+class ContainerEvents(Protocol):
+    async def follow(
+        self, on_event: Callable[[ContainerEvent], None], on_open: Callable[[], None]
+    ) -> None:
+        """Follow the engine's events of gatebot's containers, `on_open` once subscribed,
+        `on_event` for each, until the stream breaks (raise RuntimeUnavailable: the engine
+        went away) or the caller is cancelled."""

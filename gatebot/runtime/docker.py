@@ -10,6 +10,7 @@ from typing import IO, Any, TypeVar
 import docker
 import docker.errors
 import docker.utils
+import urllib3.exceptions
 from docker.api.build import process_dockerfile
 from docker.models.containers import Container
 
@@ -18,6 +19,7 @@ from gatebot.runtime.base import (
     LABEL_MANAGED,
     LABEL_PROJECT,
     BuildSpec,
+    ContainerEvent,
     ContainerSpec,
     ContainerState,
     Endpoint,
@@ -25,6 +27,7 @@ from gatebot.runtime.base import (
 )
 
 T = TypeVar("T")
+FOLLOWED_ACTIONS = ("die",)  # a container stopped, however: exit, kill, stop, OOM, dockerd
 
 
 def build_context(spec: BuildSpec) -> tuple[IO[bytes], str]:
@@ -68,7 +71,8 @@ class DockerRuntime:
                 raise RuntimeFailure(_api_message(exc)) from None
             except docker.errors.DockerException as exc:
                 raise RuntimeUnavailable(self._unreachable(exc)) from None
-            except (ConnectionError, OSError) as exc:
+            except (ConnectionError, OSError, urllib3.exceptions.HTTPError) as exc:
+                # the engine went away mid-answer (dockerd died during a build: ProtocolError)
                 raise RuntimeUnavailable(self._unreachable(exc)) from None
 
         return await asyncio.to_thread(guarded)
@@ -244,11 +248,51 @@ class DockerRuntime:
 
         return await self._call(listing)
 
-
     async def endpoints(self, name: str, port: int) -> list[Endpoint]:
         """One host: the slot's port on loopback (asks the engine nothing, so the single-host
         path costs nothing more)."""
         return [Endpoint("127.0.0.1", port)]
+
+
+    # --- events ---------------------------------------------------------------------------
+
+    async def follow(
+        self, on_event: Callable[[ContainerEvent], None], on_open: Callable[[], None]
+    ) -> None:
+        """The engine's `die` events of gatebot's containers (see ContainerEvents), read by a
+        client of its own (the stream holds a connection for as long as it lasts)."""
+        loop = asyncio.get_running_loop()
+        filters: dict[str, Any] = {
+            "type": "container",
+            "event": list(FOLLOWED_ACTIONS),
+            "label": [f"{LABEL_MANAGED}=true"],
+        }
+
+        def subscribe() -> tuple[docker.APIClient, Any]:
+            api = docker.APIClient(base_url=self.base_url, timeout=self._timeout)
+            try:
+                return api, api.events(decode=True, filters=filters)
+            except BaseException:
+                api.close()
+                raise
+
+        def pump() -> None:
+            for raw in stream:
+                actor = raw.get("Actor") or {}
+                attributes = dict(actor.get("Attributes") or {})
+                name = attributes.pop("name", "")
+                attributes.pop("image", None)
+                event = ContainerEvent(str(raw.get("Action", "")), str(name), attributes)
+                loop.call_soon_threadsafe(on_event, event)
+            raise RuntimeUnavailable(f"Docker engine at {self.base_url} closed its event stream")
+
+        api, stream = await self._call(subscribe)
+        try:
+            on_open()
+            await self._call(pump)
+        finally:
+            stream.close()  # also ends a read the thread is blocked in, when cancelled
+            api.close()
 
 
 def _state(container: Container) -> ContainerState:

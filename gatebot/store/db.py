@@ -135,9 +135,13 @@ class Database:
             db.reader = await _connect(path, opened)
             await db.reader.execute("PRAGMA query_only=ON")
             return db
-        except BaseException:
+        except BaseException as exc:
             for connection in opened:
                 await connection.close()
+            if isinstance(exc, sqlite3.DatabaseError):  # corrupted, not a database, full
+                raise GatebotError(
+                    f"cannot open database {path}: {exc}; restore it from a backup"
+                ) from None
             raise
 
     async def close(self) -> None:

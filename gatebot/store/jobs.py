@@ -433,11 +433,12 @@ class Jobs:
             )
             return cursor.rowcount == 1
 
-    async def recover_interrupted(self) -> tuple[list[Job], list[Job]]:
+    async def recover_interrupted(self, *, retries: int) -> tuple[list[Job], list[Job]]:
         """After a restart: a running job whose release went live before the crash (only its
         drain was cut short) is succeeded; the others become failed ("interrupted") and each is
-        queued again once, as a new job, unless it is itself a retry or a newer job for its
-        project exists. Returns (failed, requeued)."""
+        queued again, as a new job (`retry_of` the interrupted one), unless a newer job for its
+        project exists or it is already the `retries`-th retry (its error then says so).
+        Returns (failed, requeued)."""
         now = utcnow()
         failed: list[int] = []
         requeued: list[int] = []
@@ -460,10 +461,15 @@ class Jobs:
                         (now, now, job.id),
                     )
                     continue
+                attempts = await _attempts(conn, job.id)
+                error = "interrupted: gatebot stopped while this job ran"
+                if attempts > retries:
+                    error += f"; not queued again: interrupted {attempts} times"
+                    error += f" ([queue] interrupted_retries = {retries})"
                 await conn.execute(
                     "UPDATE jobs SET state = 'failed', error = ?, finished_at = ?, updated_at = ?"
                     " WHERE id = ?",
-                    ("interrupted: gatebot stopped while this job ran", now, now, job.id),
+                    (error, now, now, job.id),
                 )
                 failed.append(job.id)
                 newer = await (
@@ -472,7 +478,7 @@ class Jobs:
                         (job.project, job.id),
                     )
                 ).fetchone()
-                if job.retry_of is None and newer is not None and newer[0] == 0:
+                if attempts <= retries and newer is not None and newer[0] == 0:
                     cursor2 = await conn.execute(
                         "INSERT INTO jobs (project, kind, sha, target, state, trigger,"
                         " delivery_id, context, retry_of, created_at, updated_at)"
@@ -496,6 +502,19 @@ class Jobs:
             [await self.require(i) for i in failed],
             [await self.require(i) for i in requeued],
         )
+
+
+async def _attempts(conn: aiosqlite.Connection, job_id: int) -> int:
+    """How many times this job has run: 1, plus one per job it is a retry of, transitively."""
+    cursor = await conn.execute(
+        "WITH RECURSIVE chain(id, retry_of) AS ("
+        " SELECT id, retry_of FROM jobs WHERE id = ?"
+        " UNION ALL SELECT jobs.id, jobs.retry_of FROM jobs JOIN chain ON jobs.id = chain.retry_of"
+        ") SELECT COUNT(*) FROM chain",
+        (job_id,),
+    )
+    row = await cursor.fetchone()
+    return int(row[0]) if row else 1
 
 
 class Deliveries:

@@ -4,16 +4,19 @@ project under its lock first, and never replaces the container the live route po
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 
 import docker
 import pytest
 
 from gatebot.api.keys import ENGINE, QUEUE
 from gatebot.model import Status
+from gatebot.wiring import open_engine
 from tests.support.cli import config_file, gatebot
 from tests.support.deploys import live_version
 from tests.support.faults import assert_repaired, cli_deploy_killed_after, load_through
-from tests.support.server import ClientFactory, auth
+from tests.support.server import ClientFactory, auth, wait_until
 from tests.support.setup import Setup
 
 pytestmark = pytest.mark.faults
@@ -67,3 +70,32 @@ async def test_cli_deploy_killed_after_a_stage_then_a_queue_deploy_drops_nothing
     else:
         assert killed.status is Status.FAILED
         assert killed.error and "interrupted" in killed.error
+
+
+async def test_a_deploy_killed_while_a_stage_runs_fails_at_that_stage_not_the_last_done(
+    setup: Setup, docker_client: docker.DockerClient
+) -> None:
+    config = config_file(setup, health={"retries": 600, "interval": 0.1})
+    setup.repo.commit("v1", healthy=False)  # its health check runs until the kill
+    deploy = subprocess.Popen(  # noqa: S603 - an argument list
+        [sys.executable, "-m", "gatebot", "--config", str(config), "deploy", setup.name],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    log_file = setup.data_dir / "logs" / "1.log"
+
+    async def health_running() -> bool:
+        return log_file.exists() and "[health] started" in log_file.read_text()
+
+    try:
+        await wait_until(health_running)
+    finally:
+        deploy.kill()
+        deploy.wait()
+    done = await asyncio.to_thread(gatebot, "--config", str(config), "reconcile")
+    assert done.returncode == 0, done.stderr
+    async with open_engine(setup.settings()) as engine:
+        [killed] = await engine.store.deployments.history(setup.name)
+        assert (killed.status, killed.failed_stage) == (Status.FAILED, "health")
+        steps = await engine.store.deployments.steps(killed.id)
+        assert steps[-1].stage == "run", "the last stage done was run"

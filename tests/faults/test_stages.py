@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gatebot.pipeline.journal import describe, last_stage
+from gatebot.errors import describe
+from gatebot.pipeline.journal import last_stage
 
 pytestmark = pytest.mark.faults
 

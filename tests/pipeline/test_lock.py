@@ -15,6 +15,7 @@ import pytest
 
 from gatebot.errors import LockHeld
 from gatebot.pipeline.lock import ProjectLocks
+from tests.support.faults import fill, tmpfs_on
 from tests.support.real import ROOT
 
 HOLDER = """
@@ -150,3 +151,16 @@ async def test_asking_who_holds_a_lock_never_makes_taking_it_fail(locks: Project
                 refused.append(exc.holder)
     assert attempts > 100
     assert refused == [], f"{len(refused)} of {attempts} deploys refused: {refused[0]!r}"
+
+
+async def test_a_full_disk_does_not_keep_anyone_from_taking_a_lock(tmp_path: Path) -> None:
+    with tmpfs_on(tmp_path / "locks", "64k") as folder:
+        locks = ProjectLocks(folder)
+        filler = fill(folder)  # not even the holder's name fits now
+        try:
+            async with locks.hold("shop", "deploy by test"):
+                with pytest.raises(LockHeld):
+                    async with locks.hold("shop", "a second deploy"):
+                        pass
+        finally:
+            filler.unlink()

@@ -37,7 +37,7 @@ async def test_a_job_whose_release_went_live_before_the_crash_is_not_run_again(
         )
         await store.deployments.activate(deployment.id, old_id=None)  # live; then the crash
 
-        failed, requeued = await store.jobs.recover_interrupted()
+        failed, requeued = await store.jobs.recover_interrupted(retries=3)
 
         assert (failed, requeued) == ([], [])
         assert (await store.jobs.require(job.id)).state == "succeeded"
@@ -45,7 +45,9 @@ async def test_a_job_whose_release_went_live_before_the_crash_is_not_run_again(
         await store.close()
 
 
-async def test_an_interrupted_job_is_requeued_once(tmp_path: Path) -> None:
+async def test_an_interrupted_job_is_requeued_up_to_retries_times_then_says_so(
+    tmp_path: Path,
+) -> None:
     store = await Store.open(tmp_path / "g.db")
     try:
         [job] = await store.jobs.enqueue(
@@ -56,11 +58,19 @@ async def test_an_interrupted_job_is_requeued_once(tmp_path: Path) -> None:
             ]
         )
         assert await store.jobs.claim(job.id)
-        failed, [retry] = await store.jobs.recover_interrupted()
-        assert [f.id for f in failed] == [job.id] and retry.retry_of == job.id
-        assert await store.jobs.claim(retry.id)  # ... and gatebot dies again
-        failed, requeued = await store.jobs.recover_interrupted()
-        assert [f.id for f in failed] == [retry.id] and requeued == []
+        failed, [first] = await store.jobs.recover_interrupted(retries=2)
+        assert [f.id for f in failed] == [job.id] and first.retry_of == job.id
+        assert failed[0].error == "interrupted: gatebot stopped while this job ran"
+        assert await store.jobs.claim(first.id)  # ... and gatebot dies again
+        failed, [second] = await store.jobs.recover_interrupted(retries=2)
+        assert [f.id for f in failed] == [first.id] and second.retry_of == first.id
+        assert await store.jobs.claim(second.id)  # ... and again
+        failed, requeued = await store.jobs.recover_interrupted(retries=2)
+        assert [f.id for f in failed] == [second.id] and requeued == []
+        assert failed[0].error == (
+            "interrupted: gatebot stopped while this job ran; not queued again: interrupted 3"
+            " times ([queue] interrupted_retries = 2)"
+        )
     finally:
         await store.close()
 

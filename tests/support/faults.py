@@ -5,6 +5,7 @@ state is once repaired, a write lock on the database held by another connection.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
 import sqlite3
@@ -126,3 +127,34 @@ async def eventually_serving(url: str, expected: str, within: float = 10.0) -> t
         if answer == (200, expected) or loop.time() > deadline:
             return answer
         await asyncio.sleep(0.1)
+
+
+@contextmanager
+def tmpfs_on(path: Path, size: str = "1m", *, read_only: bool = False) -> Iterator[Path]:
+    """A tmpfs of `size` mounted on `path` (made if missing; root only) for the block's time:
+    a small disk to fill, or a read-only one (root writes through file modes, not through a
+    read-only mount). Unmounted at the end, whatever happened."""
+    path.mkdir(parents=True, exist_ok=True)
+    options = f"size={size},mode=0755" + (",ro" if read_only else "")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(folder: Path) -> Path:
+    """Fill the file system of `folder` until a write fails with ENOSPC; the filler's path
+    (remove it to free the space)."""
+    filler = folder / ".filler"
+    chunk = b"\0" * 65536
+    with open(filler, "ab", buffering=0) as fh:
+        while True:
+            try:
+                fh.write(chunk)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                if len(chunk) == 1:
+                    return filler
+                chunk = chunk[: len(chunk) // 2]

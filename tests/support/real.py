@@ -145,19 +145,18 @@ def stop_pid(pid: int, sig: signal.Signals = signal.SIGTERM, seconds: float = 10
         os.kill(pid, signal.SIGKILL)
 
 
-# Ports to listen on come from below Linux's ephemeral range (32768-60999 by default), where
-# no outgoing connection (the load, nginx to its upstreams, the tests' clients) takes a local
-# port that a container is about to bind; drawn at random, so that runs side by side rarely
-# pick the same one.
-_LISTEN_PORTS = (20000, 32000)
+_random = random.Random()  # noqa: S311 - picking ports, not secrets
 
 
 def free_port() -> int:
+    """A free port to listen on, below the ephemeral range like the slots' (see
+    free_port_pair), drawn at random so that runs side by side rarely pick the same one."""
+    low = _ephemeral_low()
     for _ in range(1000):
-        port = random.randrange(*_LISTEN_PORTS)  # noqa: S311 - not for secrets
+        port = _random.randrange(10000, low)
         if port_is_free(port):
             return port
-    raise RuntimeError(f"no free port in {_LISTEN_PORTS} on 127.0.0.1")
+    raise RuntimeError(f"no free port on 127.0.0.1 below {low}")
 
 
 def port_is_free(port: int) -> bool:
@@ -170,14 +169,27 @@ def port_is_free(port: int) -> bool:
 
 
 def free_port_pair(avoid: set[int] | None = None) -> int:
-    """A free port whose successor is free too: a project's blue and green slots."""
+    """A free port whose successor is free too: a project's blue and green slots. Both lie
+    below the kernel's ephemeral range (ip_local_port_range): a port in it can be taken at any
+    moment by an outgoing connection (nginx's to the live slot, a load's), and the slot's app
+    then fails to bind it (connect() prefers even ports, bind(0) odd ones: the green slot after
+    a bind(0) port was the usual victim)."""
     avoid = avoid if avoid is not None else set()
+    low = _ephemeral_low()
     for _ in range(500):
-        base = free_port()
-        if base + 1 < 65535 and not {base, base + 1} & avoid and port_is_free(base + 1):
-            avoid.update({base, base + 1})
-            return base
-    raise RuntimeError("no two consecutive free ports on 127.0.0.1")
+        base = _random.randrange(10000, low - 1)
+        if {base, base + 1} & avoid or not (port_is_free(base) and port_is_free(base + 1)):
+            continue
+        avoid.update({base, base + 1})
+        return base
+    raise RuntimeError(f"no two consecutive free ports on 127.0.0.1 below {low}")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def nginx_conf(prefix: Path, *, user: str = "root", workers: int = 1) -> str:
