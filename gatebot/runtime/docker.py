@@ -21,6 +21,7 @@ from gatebot.runtime.base import (
     ContainerSpec,
     ContainerState,
     Endpoint,
+    SlotTask,
     local_repository,
 )
 
@@ -234,6 +235,10 @@ class DockerRuntime:
 
         await self._call(stop)
 
+    async def retire(self, name: str, timeout: int) -> None:
+        """One host keeps nothing but the image: the container goes."""
+        await self.stop_and_remove(name, timeout)
+
     async def managed_containers(self, project: str) -> list[ContainerState]:
         def listing() -> list[ContainerState]:
             containers = self._docker().containers.list(
@@ -244,11 +249,13 @@ class DockerRuntime:
 
         return await self._call(listing)
 
-
     async def endpoints(self, name: str, port: int) -> list[Endpoint]:
         """One host: the slot's port on loopback (asks the engine nothing, so the single-host
         path costs nothing more)."""
         return [Endpoint("127.0.0.1", port)]
+
+    async def tasks(self, name: str) -> list[SlotTask]:
+        return []
 
 
 def _state(container: Container) -> ContainerState:
