@@ -53,38 +53,65 @@ async def wait_healthy(
     *,
     on_probe: ProbeListener | None = None,
 ) -> HealthResult:
-    """Poll until one healthy answer, or raise HealthCheckFailed with the last reason.
+    """Poll until one healthy answer from every address the slot answers on (one host:
+    127.0.0.1; a swarm: each node running one of its tasks), or raise HealthCheckFailed with
+    the last reason.
 
     A container that has exited or restarted fails at once; its last log lines travel in the
     error's `logs`, apart from the reason. `on_probe` hears each answer's latency and verdict.
     """
-    url = f"http://127.0.0.1:{port}{health.path}"
     if health.start_period:
         await asyncio.sleep(health.start_period)
     reason = "no answer yet"
+    passed: set[str] = set()  # the addresses that gave their healthy answer
+    slowest = 0.0
     timeout = aiohttp.ClientTimeout(total=health.timeout)
     connector = aiohttp.TCPConnector(force_close=True)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         for attempt in range(1, health.retries + 1):
             await _require_alive(runtime, container)
-            started = time.monotonic()
-            try:
-                async with session.get(url, allow_redirects=False) as response:
-                    await response.read()
-                    latency_ms = (time.monotonic() - started) * 1000
-                    verdict = judge(response.status, latency_ms, health.max_latency_ms)
-                    _heard(on_probe, latency_ms, verdict is None)
-                    if verdict is None:
-                        return HealthResult(attempt, latency_ms)
-                    reason = f"GET {health.path} {verdict}"
-            except TimeoutError:
-                reason = f"GET {health.path} timed out after {health.timeout:g}s"
-            except aiohttp.ClientError as exc:
-                reason = f"GET {health.path} failed: {type(exc).__name__}"
+            endpoints = await runtime.endpoints(container, port)
+            if not endpoints:
+                reason = f"{container} answers on no address yet"
+            for endpoint in endpoints:
+                where = endpoint.netloc
+                if where in passed:
+                    continue
+                problem, latency_ms = await probe(session, where, health, on_probe)
+                if problem is None:
+                    passed.add(where)
+                    slowest = max(slowest, latency_ms)
+                else:
+                    reason = problem if len(endpoints) == 1 else f"{problem} on {where}"
+            if endpoints and all(e.netloc in passed for e in endpoints):
+                return HealthResult(attempt, slowest)
             if attempt < health.retries:
                 await asyncio.sleep(health.interval)
     await _require_alive(runtime, container)
     raise HealthCheckFailed(f"unhealthy after {health.retries} attempts: {reason}")
+
+
+async def probe(
+    session: aiohttp.ClientSession,
+    where: str,
+    health: HealthSettings,
+    on_probe: ProbeListener | None = None,
+) -> tuple[str | None, float]:
+    """One GET of the health path at `where` (host:port): (None, latency) when healthy, else
+    (what was wrong, latency)."""
+    started = time.monotonic()
+    try:
+        async with session.get(f"http://{where}{health.path}", allow_redirects=False) as response:
+            await response.read()
+            latency_ms = (time.monotonic() - started) * 1000
+            verdict = judge(response.status, latency_ms, health.max_latency_ms)
+            _heard(on_probe, latency_ms, verdict is None)
+            return (None if verdict is None else f"GET {health.path} {verdict}"), latency_ms
+    except TimeoutError:
+        problem = f"GET {health.path} timed out after {health.timeout:g}s"
+    except aiohttp.ClientError as exc:
+        problem = f"GET {health.path} failed: {type(exc).__name__}"
+    return problem, (time.monotonic() - started) * 1000
 
 
 async def _require_alive(runtime: Runtime, container: str) -> None:

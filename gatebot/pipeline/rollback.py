@@ -59,17 +59,19 @@ async def rollback(
             "rollback", f"rollback from {source} to v{target.version} started by {trigger}"
         )
         slot = pick_slot(project, active)
+        runtime = engine.runtime_for(project.name)
         switched = False
         try:
             async with journal.stage("run") as stage:
                 assert target.image is not None
                 refuse_live_slot(engine, project, slot)
                 spec = engine.container_spec(project, target, target.image, slot)
-                await engine.runtime.run(spec)
+                await runtime.run(spec)
+                await engine.ensure_files([project])  # as a deploy does: before the switch
                 stage.message = f"started {slot.container} ({slot.color}) on port {slot.port}"
             async with journal.stage("health") as stage:
                 result = await wait_healthy(
-                    engine.runtime,
+                    runtime,
                     slot.container,
                     slot.port,
                     project.health,
@@ -77,9 +79,10 @@ async def rollback(
                 )
                 stage.message = f"healthy after {result.attempts} attempt(s)"
             async with journal.stage("switch") as stage:
-                await engine.proxy.ensure([project])
+                await engine.ensure_files([project])
                 switched = True
-                await engine.route_to(project, replace(target, port=slot.port, color=slot.color))
+                live = replace(target, port=slot.port, color=slot.color)
+                await engine.route_to(project, live, files=False)
                 stage.message = f"{project.name} now routed to {slot.color} (port {slot.port})"
             async with journal.stage("record") as stage:
                 target = await deployments.activate(
@@ -102,6 +105,7 @@ async def choose_target(
 ) -> Deployment:
     """The release to roll back to, or NothingToRollBack saying why there is none."""
     deployments = engine.store.deployments
+    runtime = engine.runtime_for(project)
     if to is not None:
         target = await deployments.find(project, to)
         if target is None:
@@ -114,13 +118,13 @@ async def choose_target(
                 f"{project} v{target.version} was never live ({target.status}); "
                 "only a release that was live can be brought back"
             )
-        if not target.image or not await engine.runtime.image_exists(target.image):
+        if not target.image or not await runtime.image_exists(target.image):
             raise NothingToRollBack(f"the image of {project} v{target.version} no longer exists")
         return target
     for candidate in await deployments.once_live_before(
         project, active.version if active else None
     ):
-        if candidate.image and await engine.runtime.image_exists(candidate.image):
+        if candidate.image and await runtime.image_exists(candidate.image):
             return candidate
     below = f" before v{active.version}" if active else ""
     raise NothingToRollBack(
