@@ -26,6 +26,7 @@ from gatebot.api.layout import document as _document
 from gatebot.api.layout import duration as _duration
 from gatebot.api.layout import e as _e
 from gatebot.api.layout import html_response as _html
+from gatebot.api.layout import tasks as _tasks
 from gatebot.api.openapi import MAX_ID
 from gatebot.numbers import parse_count
 from gatebot.pipeline.engine import Engine
@@ -94,16 +95,7 @@ def render_deployment(
     if d.image:
         facts.insert(4, ("Image", f"<code>{_e(d.image)}</code>"))
     if tasks:
-        facts.append(
-            (
-                "Tasks",
-                "<br>".join(
-                    f"{_e(t.node)} <code>{_e(t.address)}</code> {_e(t.state)}"
-                    + (f" ({text(t.error)})" if t.error else "")
-                    for t in tasks
-                ),
-            )
-        )
+        facts.append(("Tasks", _tasks(tasks, secrets)))
     if d.error:
         facts.append(
             ("Error", f'<span class="error">{_e(d.failed_stage or "")}: {text(d.error)}</span>')

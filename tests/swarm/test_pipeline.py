@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from gatebot.api.v1 import project_summary
 from gatebot.errors import StageFailed
 from gatebot.model import Color, Status
 from gatebot.pipeline.deploy import deploy
@@ -29,6 +30,7 @@ from gatebot.pipeline.upstreams import refresh_upstreams
 from gatebot.runtime.base import LABEL_PROJECT
 from gatebot.settings import Settings
 from gatebot.wiring import open_engine
+from tests.support.cli import gatebot
 from tests.support.deploys import eventually_live, live_version
 from tests.support.http import get_text, steady_load
 from tests.support.real import free_port
@@ -146,6 +148,10 @@ async def test_deploys_across_both_nodes_switch_under_load_refuse_a_crash_and_ro
     assert await node_answers(swarm, green.port) == ["v2", "v2"]
     kept = await runtime.state(blue.container)
     assert kept is not None and kept.retired and kept.image == first.image
+    view = await project_summary(engine, project)  # GET /api/v1/projects/{name}
+    assert sorted((t["node"], t["address"], t["state"]) for t in view["active"]["tasks"]) == [
+        (n.name, n.address, "running") for n in swarm.nodes
+    ]
 
     # 3. A release whose tasks crash is refused at once, with their log lines; v2 serves on.
     setup.repo.commit("v3", start_script=CRASHING)
@@ -311,6 +317,10 @@ async def test_serve_killed_mid_deploy_is_reconciled_at_its_next_start(
         assert sorted((t.node, t.state) for t in tasks) == [("n1", "running"), ("n2", "running")]
         assert len(await runtime.managed_containers(setup.name)) == 2  # blue kept, green
     assert await live_version(setup) == "v2"
+    status = await asyncio.to_thread(gatebot, "-c", str(config()), "status", setup.name)
+    assert status.returncode == 0, status.stderr
+    for node in swarm.nodes:
+        assert f"  task on {node.name} ({node.address}): running" in status.stdout
 
 
 def deployment_rows(db: str) -> list[tuple[int, str]]:
