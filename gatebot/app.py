@@ -5,8 +5,9 @@ its cleanup context opens the engine (database, Docker, nginx, git) and the forg
 through the openers it is given (gatebot/wiring.py's by default),
 runs start-up reconciliation and recovers interrupted jobs before deploys run, starts the queue,
 the watchdog (`gatebot.watchdog`, live containers that stopped while serving), the gate
-watcher (`gatebot.gatewatch`, jobs waiting for their commit's checks) and the poller
-(`gatebot.poll`, branch heads no webhook announced), and on
+watcher (`gatebot.gatewatch`, jobs waiting for their commit's checks), the poller
+(`gatebot.poll`, branch heads no webhook announced) and, with a [swarm], the upstreams'
+refresh (`gatebot.pipeline.upstreams`, tasks that moved), and on
 shutdown lets running deploys finish (bounded by [queue] shutdown_timeout). When that
 start fails (Docker unreachable, nginx refusing the reconciled files, a locked database), the
 server still serves and tries again every STARTUP_RETRY_SECONDS; /readyz says why it waits.
@@ -49,6 +50,7 @@ from gatebot.metrics import Metrics, MetricsObserver, counted
 from gatebot.pipeline.engine import Engine, EngineListeners
 from gatebot.pipeline.jobs import run_job
 from gatebot.pipeline.reconcile import reconcile
+from gatebot.pipeline.upstreams import keep_upstreams_fresh
 from gatebot.poll import Poller
 from gatebot.queue import JobObserver, JobQueue
 from gatebot.redact import secrets_of
@@ -127,8 +129,14 @@ def create_app(
             if not await start_work(engine, queue):
                 starter = asyncio.create_task(retry_start(engine, queue))
             pruner = asyncio.create_task(prune_deliveries(engine, settings))
+            swarm = settings.swarm
+            refresher = (
+                asyncio.create_task(keep_upstreams_fresh(engine, swarm.refresh_interval))
+                if swarm is not None and swarm.refresh_interval > 0
+                else None
+            )
             yield
-            for task in (starter, pruner):
+            for task in (starter, pruner, refresher):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):

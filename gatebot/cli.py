@@ -409,16 +409,18 @@ def active_dict(d: Deployment | None) -> dict[str, Any] | None:
 
 
 async def cmd_status(engine: Engine, args: argparse.Namespace, console: Console) -> int:
+    from gatebot.api.views import task_view  # the API's shape of a task; only status needs it
+
     projects = [engine.settings.project(args.project)] if args.project else engine.settings.projects
-    rows = []
+    rows: list[dict[str, Any]] = []
     for project in projects:
         active = await engine.store.deployments.active(project.name)
+        tasks = await engine.live_tasks(active)
+        shown = active_dict(active)
+        if shown is not None:
+            shown["tasks"] = [task_view(t) for t in tasks]
         rows.append(
-            {
-                "name": project.name,
-                "active": active_dict(active),
-                "busy": engine.locks.holder(project.name),
-            }
+            {"name": project.name, "active": shown, "busy": engine.locks.holder(project.name)}
         )
     if args.json:
         console.json({"projects": rows})
@@ -433,6 +435,9 @@ async def cmd_status(engine: Engine, args: argparse.Namespace, console: Console)
         )
         busy = f"  [busy: {row['busy']}]" if row["busy"] else ""
         console.say(f"{row['name']}: {live}{busy}")
+        for task in live_now["tasks"] if isinstance(live_now, dict) else []:
+            error = f": {task['error']}" if task["error"] else ""
+            console.say(f"  task on {task['node']} ({task['address']}): {task['state']}{error}")
     return EXIT_OK
 
 

@@ -109,6 +109,9 @@ class SwarmSettings(_Model):
     registry_password: Secret | None = None
     network: str = "gatebot"  # the overlay network services join; created if missing
     start_timeout: float = Field(120.0, gt=0)  # for every task of a new service to run
+    # seconds between looks at where each slot's tasks run (serve): nginx's upstreams follow
+    # tasks that moved; 0 turns it off
+    refresh_interval: float = Field(5.0, ge=0)
 
     @field_validator("registry")
     @classmethod

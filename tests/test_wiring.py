@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
-from gatebot.errors import RuntimeFailure
 from gatebot.model import Color, Status
 from gatebot.pipeline.engine import slot_of
 from gatebot.runtime.docker import DockerRuntime
@@ -54,13 +51,14 @@ async def test_without_swarm_every_project_uses_the_docker_host(tmp_path: Path) 
         assert engine.runtime_for("blog") is engine.runtime
 
 
-async def test_phase_1_the_pipeline_refuses_to_run_a_swarm_project_on_this_host(
+async def test_a_swarm_projects_slot_spec_carries_its_replicas_and_placement(
     tmp_path: Path,
 ) -> None:
     async with open_engine(settings(tmp_path, swarm=True)) as engine:
         blog = engine.settings.project("blog")
-        with pytest.raises(RuntimeFailure, match='blog has runtime = "swarm"'):
-            engine.container_spec(blog, deployment("blog"), "img", slot_of(blog, Color.BLUE))
+        spec = engine.container_spec(blog, deployment("blog"), "img", slot_of(blog, Color.BLUE))
+        assert (spec.name, spec.host_port) == ("gatebot-blog-blue", blog.ports[0])
+        assert spec.replicas == blog.replicas
         shop = engine.settings.project("shop")
         spec = engine.container_spec(shop, deployment("shop"), "img", slot_of(shop, Color.BLUE))
         assert (spec.replicas, spec.placement, spec.stop_timeout) == (1, (), 10)

@@ -216,6 +216,7 @@ async def project_state(app: web.Application, project: ProjectSettings) -> Proje
         queued=queued,
         failure=failure,
         commit_base=commit_base(app[SETTINGS], project),
+        tasks=await engine.live_tasks(active),
     )
 
 

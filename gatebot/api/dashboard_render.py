@@ -10,14 +10,17 @@ session whose token has scope `deploy`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
 from gatebot.api.layout import clock, document, e
+from gatebot.api.layout import tasks as tasks_html
 from gatebot.model import LIVE_ONCE, JobState, Status
 from gatebot.redact import redact, redact_url
+from gatebot.runtime.base import SlotTask
 from gatebot.settings import ProjectSettings, Settings
 from gatebot.store.deployments import Deployment
 from gatebot.store.jobs import Job
@@ -66,6 +69,7 @@ class ProjectState:
     queued: int
     failure: Deployment | None  # the newest deployment, when it failed
     commit_base: str | None  # the forge's URL of a commit, without the SHA
+    tasks: Sequence[SlotTask] = ()  # where a live swarm release's tasks run
 
 
 def queue_state(checks: dict[str, str]) -> tuple[str, str]:
@@ -202,6 +206,8 @@ def project_card(state: ProjectState, secrets: tuple[str, ...]) -> str:
             ("Since", e(clock(active.activated_at))),
             ("Trigger", e(active.trigger)),
         ]
+        if state.tasks:
+            facts.append(("Tasks", tasks_html(state.tasks, secrets)))
     if state.busy_by is not None:
         d = state.deploying
         what = f'<a href="/deployments/{d.id}">v{d.version}</a> ' if d else ""

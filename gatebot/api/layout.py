@@ -10,8 +10,12 @@ form posted to gatebot carries its real Origin, which the form handlers check (w
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 
 from aiohttp import web
+
+from gatebot.redact import redact
+from gatebot.runtime.base import SlotTask
 
 STYLE = """
 :root{color-scheme:light dark;--ok:#1a7f37;--bad:#cf222e;--run:#9a6700;--dim:#6e7781;
@@ -62,6 +66,15 @@ overflow-wrap:anywhere}
 def e(value: object) -> str:
     """`value` as HTML text or attribute value: every markup character escaped."""
     return html.escape(str(value), quote=True)
+
+
+def tasks(shown: Sequence[SlotTask], secrets: Sequence[str]) -> str:
+    """Where a live swarm release's tasks run, a line each: node, address, state, error."""
+    return "<br>".join(
+        f"{e(t.node)} <code>{e(t.address)}</code> {e(t.state)}"
+        + (f" ({e(redact(t.error, secrets))})" if t.error else "")
+        for t in shown
+    )
 
 
 def duration(seconds: float | None) -> str:

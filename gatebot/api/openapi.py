@@ -192,9 +192,27 @@ SCHEMAS: dict[str, Any] = {
     "DeploymentDetail": {
         "allOf": [
             ref("Deployment"),
-            obj({"steps": {"type": "array", "items": ref("Step")}}),
+            obj(
+                {
+                    "steps": {"type": "array", "items": ref("Step")},
+                    "tasks": {
+                        "type": "array",
+                        "items": ref("Task"),
+                        "description": "a live swarm release's tasks; empty otherwise",
+                    },
+                }
+            ),
         ]
     },
+    "Task": obj(
+        {
+            "node": {**STRING, "description": "the swarm node's hostname"},
+            "address": STRING,
+            "state": {**STRING, "description": "running, starting, failed, ..."},
+            "desired": STRING,
+            "error": nullable(STRING),
+        }
+    ),
     "Active": obj(
         {
             "deployment": ID,
@@ -204,6 +222,11 @@ SCHEMAS: dict[str, Any] = {
             "port": nullable(INTEGER),
             "since": nullable(TIME),
             "trigger": STRING,
+            "tasks": {
+                "type": "array",
+                "items": ref("Task"),
+                "description": "where a swarm release's tasks run; empty on one host",
+            },
         }
     ),
     "Busy": obj(

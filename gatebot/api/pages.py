@@ -26,10 +26,12 @@ from gatebot.api.layout import document as _document
 from gatebot.api.layout import duration as _duration
 from gatebot.api.layout import e as _e
 from gatebot.api.layout import html_response as _html
+from gatebot.api.layout import tasks as _tasks
 from gatebot.api.openapi import MAX_ID
 from gatebot.numbers import parse_count
 from gatebot.pipeline.engine import Engine
 from gatebot.redact import redact
+from gatebot.runtime.base import SlotTask
 from gatebot.store.deployments import Deployment, Step
 
 routes = web.RouteTableDef()
@@ -67,8 +69,10 @@ def render_deployment(
     resume: str,
     nonce: str,
     secrets: Sequence[str],
+    tasks: Sequence[SlotTask] = (),
 ) -> str:
-    """The deployment's page (pure): everything escaped, free text redacted."""
+    """The deployment's page (pure): everything escaped, free text redacted. `tasks`: where a
+    live swarm release's tasks run."""
 
     def text(value: str | None) -> str:
         return _e(redact(value, secrets)) if value else "—"
@@ -90,6 +94,8 @@ def render_deployment(
     ]
     if d.image:
         facts.insert(4, ("Image", f"<code>{_e(d.image)}</code>"))
+    if tasks:
+        facts.append(("Tasks", _tasks(tasks, secrets)))
     if d.error:
         facts.append(
             ("Error", f'<span class="error">{_e(d.failed_stage or "")}: {text(d.error)}</span>')
@@ -188,6 +194,7 @@ async def deployment_page(request: web.Request) -> web.Response:
         resume=resume,
         nonce=nonce,
         secrets=_secrets(request),
+        tasks=await engine.live_tasks(d),
     )
     return _html(page, nonce)
 

@@ -23,7 +23,14 @@ from gatebot.api.auth import actor, origin_of, requires
 from gatebot.api.errors import ApiError
 from gatebot.api.keys import ENGINE, QUEUE, SECRETS, SETTINGS
 from gatebot.api.openapi import MAX_ID, SPEC
-from gatebot.api.views import busy_view, deployment_view, job_view, project_view, step_view
+from gatebot.api.views import (
+    busy_view,
+    deployment_view,
+    job_view,
+    project_view,
+    step_view,
+    task_view,
+)
 from gatebot.errors import NothingToRollBack, RuntimeUnavailable, SourceError, UnknownProject
 from gatebot.intake import push_job
 from gatebot.model import JobKind, JobState, Origin, Status
@@ -170,7 +177,7 @@ async def project_summary(engine: Engine, project: ProjectSettings) -> dict[str,
     )
     queued = (await store.jobs.counts(project.name)).get(JobState.QUEUED, 0)
     busy = busy_view(job, holder, in_flight[-1] if in_flight else None)
-    return project_view(project, active, busy, queued)
+    return project_view(project, active, busy, queued, await engine.live_tasks(active))
 
 
 async def gated_deploy(
@@ -371,8 +378,13 @@ async def get_deployment(request: web.Request) -> web.Response:
     d = await find_deployment(engine, path_id(request, "deployment"))
     hidden = secrets(request)
     steps = await engine.store.deployments.steps(d.id)
+    tasks = [task_view(t) for t in await engine.live_tasks(d)]
     return web.json_response(
-        {**deployment_view(d, hidden), "steps": [step_view(s, hidden) for s in steps]}
+        {
+            **deployment_view(d, hidden),
+            "tasks": tasks,
+            "steps": [step_view(s, hidden) for s in steps],
+        }
     )
 
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gatebot.redact import redact, redact_url
+from gatebot.runtime.base import SlotTask
 from gatebot.settings import ProjectSettings
 from gatebot.store.deployments import Deployment, Step
 from gatebot.store.jobs import Job
@@ -77,7 +78,18 @@ def job_view(j: Job, secrets: Sequence[str] | None = None) -> dict[str, Any]:
     }
 
 
-def active_view(d: Deployment | None) -> dict[str, Any] | None:
+def task_view(t: SlotTask) -> dict[str, Any]:
+    """One task of a live release: the node it runs on and its state (a swarm)."""
+    return {
+        "node": t.node,
+        "address": t.address,
+        "state": t.state,
+        "desired": t.desired,
+        "error": t.error or None,
+    }
+
+
+def active_view(d: Deployment | None, tasks: Sequence[SlotTask] = ()) -> dict[str, Any] | None:
     if d is None:
         return None
     return {
@@ -88,6 +100,7 @@ def active_view(d: Deployment | None) -> dict[str, Any] | None:
         "port": d.port,
         "since": d.activated_at,
         "trigger": d.trigger,
+        "tasks": [task_view(t) for t in tasks],  # empty on one host
     }
 
 
@@ -112,6 +125,7 @@ def project_view(
     active: Deployment | None,
     busy: dict[str, Any] | None,
     queued: int,
+    tasks: Sequence[SlotTask] = (),
 ) -> dict[str, Any]:
     return {
         "name": project.name,
@@ -119,7 +133,7 @@ def project_view(
         "branch": project.branch,
         "forge": project.forge,
         "forgeRepo": project.forge_repo,
-        "active": active_view(active),
+        "active": active_view(active, tasks),
         "deploying": busy,
         "queued": queued,
     }

@@ -19,8 +19,14 @@ from dataclasses import dataclass, replace
 
 from gatebot.errors import UnrecordedReleases
 from gatebot.model import Color, Status
-from gatebot.pipeline.engine import Engine, image_repository, slot_of
-from gatebot.runtime.base import LABEL_COLOR, LABEL_COMMIT, LABEL_DEPLOYMENT, ContainerState
+from gatebot.pipeline.engine import Engine, slot_of
+from gatebot.runtime.base import (
+    LABEL_COLOR,
+    LABEL_COMMIT,
+    LABEL_DEPLOYMENT,
+    ContainerState,
+    local_repository,
+)
 from gatebot.settings import ProjectSettings
 from gatebot.store.deployments import AdoptedRelease
 
@@ -53,7 +59,8 @@ async def find_unrecorded(engine: Engine) -> Unrecorded | None:
         return None
     containers: list[str] = []
     for project in engine.settings.projects:
-        containers += [c.name for c in await engine.runtime.managed_containers(project.name)]
+        runtime = engine.runtime_for(project.name)
+        containers += [c.name for c in await runtime.managed_containers(project.name)]
     routes = [p.name for p in engine.settings.projects if engine.proxy.route(p.name) is not None]
     if not containers and not routes:
         return None  # a new installation
@@ -72,7 +79,7 @@ def release_of(project: ProjectSettings, container: ContainerState) -> AdoptedRe
     cannot be adopted. Its labels give the deployment id, commit and color; its image tag
     (gatebot/<project>:<version>-<sha12>) the version; the color the port."""
     tag = re.fullmatch(
-        rf"{re.escape(image_repository(project.name))}:(\d+)-[0-9a-f]+", container.image
+        rf"{re.escape(local_repository(project.name))}:(\d+)-[0-9a-f]+", container.image
     )
     deployment = container.labels.get(LABEL_DEPLOYMENT, "")
     color = container.labels.get(LABEL_COLOR, "")
@@ -117,7 +124,7 @@ async def _adopt_project(engine: Engine, project: ProjectSettings, trigger: str)
     if await deployments.history(project.name, limit=1):
         return f"{project.name}: deployments are recorded already; nothing adopted"
     found, refused = [], []
-    for container in await engine.runtime.managed_containers(project.name):
+    for container in await engine.runtime_for(project.name).managed_containers(project.name):
         release = release_of(project, container)
         if isinstance(release, str):
             refused.append(release)

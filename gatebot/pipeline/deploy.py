@@ -21,7 +21,7 @@ from pathlib import Path
 
 from gatebot.errors import GatebotError, RuntimeFailure, SourceError, StageFailed, describe
 from gatebot.model import IN_FLIGHT, LIVE_ONCE, Slot, Status
-from gatebot.pipeline.engine import Engine, image_repository, image_tag, pick_slot
+from gatebot.pipeline.engine import Engine, image_tag, pick_slot
 from gatebot.pipeline.health import still_healthy, wait_healthy
 from gatebot.pipeline.journal import Journal, Listener
 from gatebot.pipeline.reconcile import repair
@@ -64,6 +64,7 @@ async def _deploy(
     journal: Journal,
 ) -> Deployment:
     deployments = engine.store.deployments
+    runtime = engine.runtime_for(project.name)
     active: Deployment | None = None
     slot: Slot | None = None
     switched = False
@@ -73,7 +74,7 @@ async def _deploy(
             stage.message = f"{checkout.sha[:12]} {checkout.message}".strip()
         active = await deployments.active(project.name)
         slot = pick_slot(project, active)
-        image = image_tag(project.name, deployment.version, checkout.sha)
+        image = image_tag(runtime.image_repository(project.name), deployment.version, checkout.sha)
         deployment = await deployments.mark_deploying(
             deployment.id,
             commit_sha=checkout.sha,
@@ -82,30 +83,31 @@ async def _deploy(
             slot=slot,
         )
         async with journal.stage("build") as stage:
-            await engine.runtime.build(
-                build_spec(checkout.path, project, image),
-                stage.output,
-            )
+            await runtime.build(build_spec(checkout.path, project, image), stage.output)
             stage.message = f"built {image}"
         async with journal.stage("run") as stage:
             refuse_live_slot(engine, project, slot)
             spec = engine.container_spec(project, deployment, image, slot)
-            await engine.runtime.run(spec)
+            await runtime.run(spec)
+            # The new slot's upstream where its tasks run (a swarm's nodes), while it takes no
+            # traffic: a reload this needs is long applied when the switch flips to it.
+            await engine.ensure_files([project])
             stage.message = f"started {slot.container} ({slot.color}) on port {slot.port}"
         async with journal.stage("health") as stage:
             result = await wait_healthy(
-                engine.runtime, slot.container, slot.port, project.health, on_probe=engine.on_probe
+                runtime, slot.container, slot.port, project.health, on_probe=engine.on_probe
             )
             stage.message = (
                 f"healthy after {result.attempts} attempt(s), {result.latency_ms:.0f} ms"
             )
         async with journal.stage("switch") as stage:
-            await engine.proxy.ensure([project])  # reloads nginx only if its files changed
+            # reloads nginx only if its files changed (a swarm slot's upstream on new nodes)
+            await engine.ensure_files([project])
             await still_healthy(  # it may have died since its last passing probe
-                engine.runtime, slot.container, slot.port, project.health, on_probe=engine.on_probe
+                runtime, slot.container, slot.port, project.health, on_probe=engine.on_probe
             )
             switched = True  # from here on, undo puts the route back
-            await engine.route_to(project, deployment)  # as mark_deploying returned it
+            await engine.route_to(project, deployment, files=False)  # as mark_deploying said
             stage.message = f"{project.name} now routed to {slot.color} (port {slot.port})"
         async with journal.stage("record") as stage:
             deployment = await deployments.activate(
@@ -214,12 +216,13 @@ async def undo(
     if engine.proxy.route(project.name) is slot.color:  # it is taking the traffic
         await journal.note("cleanup", f"kept {slot.container}: the live route points at it")
         return
+    runtime = engine.runtime_for(project.name)
     with contextlib.suppress(GatebotError):
-        state = await engine.runtime.state(slot.container)
+        state = await runtime.state(slot.container)
         if state is None or state.labels.get(LABEL_DEPLOYMENT) != str(deployment.id):
             return
         try:
-            await engine.runtime.stop_and_remove(slot.container, timeout=0)
+            await runtime.stop_and_remove(slot.container, timeout=0)
             await journal.note("cleanup", f"removed {slot.container}")
         except GatebotError as exc:
             await journal.note("cleanup", f"could not remove {slot.container}: {exc}")
@@ -233,7 +236,9 @@ async def retire(
     *,
     prune: bool = True,
 ) -> None:
-    """After the switch: wait for in-flight requests, stop the old slot, prune old images
+    """After the switch: wait for in-flight requests, retire the old slot (one host: stop
+    and remove its container; a swarm: scale its service to 0, keeping its spec), prune old
+    images
     (unless `prune` is False: a rollback builds no image and leaves the set of releases to
     keep as it was, so it skips listing the images, a sixth of its time in scripts/bench).
 
@@ -243,10 +248,10 @@ async def retire(
         try:
             async with journal.stage("drain") as stage:
                 await asyncio.sleep(project.drain_seconds)
-                await engine.runtime.stop_and_remove(old.container, timeout=project.stop_timeout)
-                stage.message = (
-                    f"waited {project.drain_seconds:g}s, stopped and removed {old.container}"
+                await engine.runtime_for(project.name).retire(
+                    old.container, timeout=project.stop_timeout
                 )
+                stage.message = f"waited {project.drain_seconds:g}s, retired {old.container}"
         except StageFailed as exc:
             log.warning("retiring %s failed: %s", old.container, exc.reason)
     try:
@@ -270,10 +275,11 @@ async def prune_images(engine: Engine, project: ProjectSettings) -> list[str]:
     keep |= {d.image for d in history if d.status is Status.ACTIVE or d.status in IN_FLIGHT}
     removed = []
     built = {d.image for d in history if d.image}  # only what gatebot built: others' tags stay
-    for tag in await engine.runtime.images(image_repository(project.name)):
+    runtime = engine.runtime_for(project.name)
+    for tag in await runtime.images(runtime.image_repository(project.name)):
         if tag in built and tag not in keep:
             try:
-                await engine.runtime.remove_image(tag)
+                await runtime.remove_image(tag)
                 removed.append(tag)
             except GatebotError as exc:
                 log.info("kept image %s: %s", tag, exc)

@@ -7,12 +7,12 @@ built, as `EngineListeners`, never set on it afterwards.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gatebot.errors import RuntimeFailure
-from gatebot.model import Color, Slot
+from gatebot.errors import GatebotError
+from gatebot.model import Color, Slot, Status
 from gatebot.pipeline.health import ProbeListener
 from gatebot.pipeline.journal import Journal, Listener
 from gatebot.pipeline.lock import ProjectLocks
@@ -27,7 +27,7 @@ from gatebot.runtime.base import (
     ContainerEvents,
     ContainerSpec,
     Runtime,
-    local_repository,
+    SlotTask,
 )
 from gatebot.settings import ProjectSettings, Settings
 from gatebot.source import Source
@@ -78,13 +78,6 @@ class Engine:
     def container_spec(
         self, project: ProjectSettings, deployment: Deployment, image: str, slot: Slot
     ) -> ContainerSpec:
-        if project.runtime == "swarm":
-            # Phase 1 of Swarm support: the runtime exists (engine.runtime_for), the pipeline
-            # does not drive it yet; refuse rather than run a swarm project on this host.
-            raise RuntimeFailure(
-                f'{project.name} has runtime = "swarm": the deploy pipeline does not run '
-                "swarm services yet (see README, Docker Swarm)"
-            )
         return ContainerSpec(
             name=slot.container,
             image=image,
@@ -99,6 +92,36 @@ class Engine:
             stop_timeout=project.stop_timeout,
         )
 
+    async def upstream_servers(self, project: ProjectSettings) -> dict[Color, list[str]]:
+        """Each slot's upstream servers, where it answers now: 127.0.0.1 and the slot's port
+        on one host (asking the engine nothing); on a swarm, every node running one of its
+        tasks (none: the proxy keeps what it had)."""
+        runtime = self.runtime_for(project.name)
+        servers: dict[Color, list[str]] = {}
+        for color in Color:
+            slot = slot_of(project, color)
+            found = await runtime.endpoints(slot.container, slot.port)
+            servers[color] = [e.netloc for e in found]
+        return servers
+
+    async def ensure_files(self, projects: Sequence[ProjectSettings]) -> list[str]:
+        """The projects' nginx files, their upstreams where the slots answer now; nginx is
+        tested and reloaded only if a file changed. Returns the projects whose files did."""
+        servers = {p.name: await self.upstream_servers(p) for p in projects}
+        return await self.proxy.ensure(projects, servers)
+
+    async def live_tasks(self, deployment: Deployment | None) -> list[SlotTask]:
+        """Where the live release's tasks run (a swarm's nodes), for status views; none on
+        one host, for a release that is not live, or while the engine does not answer."""
+        if deployment is None or deployment.status is not Status.ACTIVE:
+            return []
+        if not deployment.container:
+            return []
+        try:
+            return await self.runtime_for(deployment.project).tasks(deployment.container)
+        except GatebotError:
+            return []
+
     async def route_to(
         self, project: ProjectSettings, live: Deployment | None, *, files: bool = True
     ) -> bool:
@@ -107,7 +130,7 @@ class Engine:
         nginx is tested and reloaded) unless `files` is False; the switch itself is a marker
         flip. Returns whether the route changed."""
         if files:
-            await self.proxy.ensure([project])
+            await self.ensure_files([project])
         color = live.color if live is not None and live.port is not None else None
         note = f"live: v{live.version} ({live.color}), deployment {live.id}" if live else ""
         return self.proxy.set_route(project.name, color, note=note)
@@ -117,12 +140,10 @@ def container_name(project: str, color: Color) -> str:
     return f"gatebot-{project}-{color}"
 
 
-def image_repository(project: str) -> str:
-    return local_repository(project)
-
-
-def image_tag(project: str, version: int, sha: str) -> str:
-    return f"{image_repository(project)}:{version}-{sha[:12]}"
+def image_tag(repository: str, version: int, sha: str) -> str:
+    """``<repository>:<version>-<sha12>``; the repository is the runtime's for the project
+    (``gatebot/<project>`` on one host, ``<registry>/<project>`` on a swarm)."""
+    return f"{repository}:{version}-{sha[:12]}"
 
 
 def pick_slot(project: ProjectSettings, active: Deployment | None) -> Slot:

@@ -56,33 +56,47 @@ async def wait_healthy(
     on_probe: ProbeListener | None = None,
 ) -> HealthResult:
     """Poll until `healthy_threshold` healthy answers in a row (a failing one starts the count
-    again), or raise HealthCheckFailed with the last reason once `retries` attempts are spent.
+    again) from every address the slot answers on (one host: 127.0.0.1; a swarm: each node
+    running one of its tasks), or raise HealthCheckFailed with the last reason once `retries`
+    attempts are spent.
 
     A container that has exited or restarted fails at once; its last log lines travel in the
     error's `logs`, apart from the reason. `on_probe` hears each answer's latency and verdict.
     """
-    url = f"http://127.0.0.1:{port}{health.path}"
     if health.start_period:
         await asyncio.sleep(health.start_period)
     reason = "no answer yet"
-    passes = 0
+    passes: dict[str, int] = {}  # healthy answers in a row, by address
+    slowest = 0.0
     timeout = aiohttp.ClientTimeout(total=health.timeout)
     connector = aiohttp.TCPConnector(force_close=True)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         for attempt in range(1, health.retries + 1):
             await _require_alive(runtime, container)
-            verdict, latency_ms = await probe(session, url, health, on_probe)
-            if verdict is None:
-                passes += 1
-                if passes >= health.healthy_threshold:
-                    return HealthResult(attempt, latency_ms)
-            else:
-                passes, reason = 0, f"GET {health.path} {verdict}"
+            endpoints = await runtime.endpoints(container, port)
+            if not endpoints:
+                reason = f"{container} answers on no address yet"
+            for endpoint in endpoints:
+                where = endpoint.netloc
+                if passes.get(where, 0) >= health.healthy_threshold:
+                    continue
+                problem, latency_ms = await probe(session, where, health, on_probe)
+                if problem is None:
+                    passes[where] = passes.get(where, 0) + 1
+                    slowest = max(slowest, latency_ms)
+                else:
+                    passes[where] = 0
+                    reason = problem if len(endpoints) == 1 else f"{problem} on {where}"
+            if endpoints and all(
+                passes.get(e.netloc, 0) >= health.healthy_threshold for e in endpoints
+            ):
+                return HealthResult(attempt, slowest)
             if attempt < health.retries:
                 await asyncio.sleep(health.interval)
     await _require_alive(runtime, container)
-    if passes:
-        reason = f"{reason}; then only {passes} of {health.healthy_threshold} passes in a row"
+    best = max(passes.values(), default=0)
+    if best:
+        reason = f"{reason}; then only {best} of {health.healthy_threshold} passes in a row"
     raise HealthCheckFailed(f"unhealthy after {health.retries} attempts: {reason}")
 
 
@@ -96,40 +110,46 @@ async def still_healthy(
 ) -> None:
     """The last check right before a switch: the container still runs, never restarted, and
     one more probe passes. Raises HealthCheckFailed saying so."""
-    url = f"http://127.0.0.1:{port}{health.path}"
     timeout = aiohttp.ClientTimeout(total=health.timeout)
     connector = aiohttp.TCPConnector(force_close=True)
     try:
         await _require_alive(runtime, container)
+        endpoints = await runtime.endpoints(container, port)
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-            verdict, _ = await probe(session, url, health, on_probe)
+            for endpoint in endpoints:
+                problem, _ = await probe(session, endpoint.netloc, health, on_probe)
+                if problem is not None:
+                    where = "" if len(endpoints) == 1 else f" on {endpoint.netloc}"
+                    raise HealthCheckFailed(f"last check before the switch: {problem}{where}")
     except HealthCheckFailed as exc:
+        if str(exc).startswith("last check before the switch"):
+            raise
         raise HealthCheckFailed(f"last check before the switch: {exc}", logs=exc.logs) from None
-    if verdict is not None:
-        raise HealthCheckFailed(f"last check before the switch: GET {health.path} {verdict}")
+    if not endpoints:
+        raise HealthCheckFailed(f"last check before the switch: {container} answers nowhere")
 
 
 async def probe(
     session: aiohttp.ClientSession,
-    url: str,
+    where: str,
     health: HealthSettings,
     on_probe: ProbeListener | None = None,
 ) -> tuple[str | None, float]:
-    """One GET of `url`: (None when the answer is healthy, else what was wrong; its latency
-    in ms). The watch window probes through this too."""
+    """One GET of the health path at `where` (host:port): (None, latency) when healthy, else
+    (what was wrong, latency)."""
     started = time.monotonic()
     try:
-        async with session.get(url, allow_redirects=False) as response:
+        async with session.get(f"http://{where}{health.path}", allow_redirects=False) as response:
             await response.read()
             latency_ms = (time.monotonic() - started) * 1000
             verdict = judge(response.status, latency_ms, health.max_latency_ms)
             _heard(on_probe, latency_ms, verdict is None)
-            return verdict, latency_ms
+            return (None if verdict is None else f"GET {health.path} {verdict}"), latency_ms
     except TimeoutError:
-        reason = f"timed out after {health.timeout:g}s"
+        problem = f"GET {health.path} timed out after {health.timeout:g}s"
     except aiohttp.ClientError as exc:
-        reason = f"failed: {type(exc).__name__}"
-    return reason, (time.monotonic() - started) * 1000
+        problem = f"GET {health.path} failed: {type(exc).__name__}"
+    return problem, (time.monotonic() - started) * 1000
 
 
 async def _require_alive(runtime: Runtime, container: str) -> None:

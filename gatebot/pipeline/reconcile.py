@@ -15,7 +15,9 @@ same `repair` of its project first, under the lock it already holds):
    finish);
 4. gatebot's containers of the project that belong to no ACTIVE deployment are removed,
    the interrupted deployment's among them, and the old slot of a release whose watch window
-   a crash cut short (that release stays ACTIVE: it passed its health check and was live).
+   a crash cut short (that release stays ACTIVE: it passed its health check and was live);
+   a slot of an earlier release is retired (`Runtime.retire`: on a swarm, its service scaled
+   to 0 and kept for a rollback; on one host, removed all the same).
 Afterwards nginx sends every project to its ACTIVE container, which is running.
 
 `prune` removes the files of projects that left the configuration, only when asked. Nothing
@@ -78,7 +80,7 @@ async def reconcile(
     await refuse_unrecorded(engine)  # a new database beside live releases: touch nothing
     report = ReconcileReport()
     chosen = [p for p in engine.settings.projects if projects is None or p.name in projects]
-    report.nginx_changed = await engine.proxy.ensure(chosen)
+    report.nginx_changed = await engine.ensure_files(chosen)
     if prune:
         gone = engine.proxy.configured_elsewhere(p.name for p in engine.settings.projects)
         report.pruned = [str(path) for path in await engine.proxy.remove(gone)]
@@ -132,12 +134,24 @@ async def reconcile_project(
         report.routes_changed.append(project.name)
         await asyncio.sleep(project.drain_seconds)
 
-    for container in await engine.runtime.managed_containers(project.name):
-        belongs = active is not None and container.labels.get(LABEL_DEPLOYMENT) == str(active.id)
-        if not belongs:
-            await engine.runtime.stop_and_remove(container.name, timeout=project.stop_timeout)
-            report.removed_containers.append(container.name)
-            log.info("removed stray container %s", container.name, extra={"project": project.name})
+    runtime = engine.runtime_for(project.name)
+    once_live: set[str] | None = None  # read only when there is a container to judge
+    for container in await runtime.managed_containers(project.name):
+        owner = container.labels.get(LABEL_DEPLOYMENT)
+        if active is not None and owner == str(active.id):
+            continue
+        if once_live is None:
+            earlier = await deployments.with_status(Status.ROLLED_BACK, project=project.name)
+            once_live = {str(d.id) for d in earlier}
+        if owner in once_live:  # an earlier release's slot (a retire cut short): retire it
+            if not container.retired:
+                await runtime.retire(container.name, timeout=project.stop_timeout)
+                report.removed_containers.append(container.name)
+                log.info("retired %s", container.name, extra={"project": project.name})
+            continue
+        await runtime.stop_and_remove(container.name, timeout=project.stop_timeout)
+        report.removed_containers.append(container.name)
+        log.info("removed stray container %s", container.name, extra={"project": project.name})
 
 
 async def _fail_interrupted(engine: Engine, deployment: Deployment) -> None:
@@ -169,21 +183,22 @@ async def _bring_back(engine: Engine, project: ProjectSettings, active: Deployme
     """Make sure the live release's container runs: "running", "restarted", or "lost"
     (then the deployment is marked FAILED)."""
     assert active.container and active.color and active.port and active.image
-    state = await engine.runtime.state(active.container)
+    runtime = engine.runtime_for(project.name)
+    state = await runtime.state(active.container)
     ours = state is not None and state.labels.get(LABEL_DEPLOYMENT) == str(active.id)
-    if ours and state is not None and state.running:
-        return "running"
+    if ours and state is not None and (state.running or state.degraded):
+        return "running"  # degraded: part of it answers and the engine converges the rest
     journal = engine.journal(active, None)
     try:
         if ours:
-            await engine.runtime.start(active.container)
+            await runtime.start(active.container)
             what = "started again"
         else:
             slot = Slot(container=active.container, color=active.color, port=active.port)
-            await engine.runtime.run(engine.container_spec(project, active, active.image, slot))
+            await runtime.run(engine.container_spec(project, active, active.image, slot))
             what = "recreated"
         await wait_healthy(
-            engine.runtime, active.container, active.port, project.health, on_probe=engine.on_probe
+            runtime, active.container, active.port, project.health, on_probe=engine.on_probe
         )
     except GatebotError as exc:
         await journal.note("reconcile", f"live container could not be brought back: {exc}")

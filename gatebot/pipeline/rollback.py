@@ -88,26 +88,29 @@ async def make_live(
     (the route to `active`, the new container gone) and StageFailed is raised; `target` stays
     what it was, a release that can be tried again."""
     deployments = engine.store.deployments
+    runtime = engine.runtime_for(project.name)
     switched = False
     try:
         async with journal.stage("run") as stage:
             assert target.image is not None
             refuse_live_slot(engine, project, slot)
             spec = engine.container_spec(project, target, target.image, slot)
-            await engine.runtime.run(spec)
+            await runtime.run(spec)
+            await engine.ensure_files([project])  # as a deploy does: before the switch
             stage.message = f"started {slot.container} ({slot.color}) on port {slot.port}"
         async with journal.stage("health") as stage:
             result = await wait_healthy(
-                engine.runtime, slot.container, slot.port, project.health, on_probe=engine.on_probe
+                runtime, slot.container, slot.port, project.health, on_probe=engine.on_probe
             )
             stage.message = f"healthy after {result.attempts} attempt(s)"
         async with journal.stage("switch") as stage:
-            await engine.proxy.ensure([project])
+            await engine.ensure_files([project])
             await still_healthy(
-                engine.runtime, slot.container, slot.port, project.health, on_probe=engine.on_probe
+                runtime, slot.container, slot.port, project.health, on_probe=engine.on_probe
             )
             switched = True
-            await engine.route_to(project, replace(target, port=slot.port, color=slot.color))
+            live = replace(target, port=slot.port, color=slot.color)
+            await engine.route_to(project, live, files=False)
             stage.message = f"{project.name} now routed to {slot.color} (port {slot.port})"
         async with journal.stage("record") as stage:
             target = await deployments.activate(
@@ -183,7 +186,7 @@ async def once_live_with_image(
     """Once-live releases older than version `before` (None: all) whose image still exists,
     newest first."""
     for candidate in await engine.store.deployments.once_live_before(project, before):
-        if candidate.image and await engine.runtime.image_exists(candidate.image):
+        if candidate.image and await engine.runtime_for(project).image_exists(candidate.image):
             yield candidate
 
 
@@ -192,6 +195,7 @@ async def choose_target(
 ) -> Deployment:
     """The release to roll back to, or NothingToRollBack saying why there is none."""
     deployments = engine.store.deployments
+    runtime = engine.runtime_for(project)
     if to is not None:
         target = await deployments.find(project, to)
         if target is None:
@@ -204,7 +208,7 @@ async def choose_target(
                 f"{project} v{target.version} was never live ({target.status}); "
                 "only a release that was live can be brought back"
             )
-        if not target.image or not await engine.runtime.image_exists(target.image):
+        if not target.image or not await runtime.image_exists(target.image):
             raise NothingToRollBack(f"the image of {project} v{target.version} no longer exists")
         return target
     async for candidate in once_live_with_image(

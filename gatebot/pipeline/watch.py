@@ -28,7 +28,8 @@ from gatebot.model import Slot
 from gatebot.pipeline.engine import Engine
 from gatebot.pipeline.health import probe
 from gatebot.pipeline.journal import Journal, StageRecord
-from gatebot.settings import ProjectSettings
+from gatebot.runtime.base import Runtime
+from gatebot.settings import HealthSettings, ProjectSettings
 from gatebot.store.deployments import Deployment
 
 log = logging.getLogger("gatebot.pipeline")
@@ -71,14 +72,15 @@ def parse_access_line(line: str) -> tuple[int, str] | None:
 
 
 def count_answers(lines: list[str], port: int) -> tuple[int, int]:
-    """(answers, 5xx answers) among `lines` whose last upstream was 127.0.0.1:`port`."""
+    """(answers, 5xx answers) among `lines` whose last upstream was the slot's `port` (on
+    127.0.0.1, or on a swarm node: each slot has a port of its own)."""
     answers = errors = 0
     for line in lines:
         parsed = parse_access_line(line)
         if parsed is None:
             continue
         status, upstream = parsed
-        if upstream.rsplit(", ", 1)[-1].strip() != f"127.0.0.1:{port}":
+        if upstream.rsplit(", ", 1)[-1].strip().rpartition(":")[2] != str(port):
             continue
         answers += 1
         if status >= 500:
@@ -187,7 +189,7 @@ async def observe(
     health = project.health
     loop = asyncio.get_running_loop()
     started = loop.time()
-    url = f"http://127.0.0.1:{slot.port}{health.path}"
+    runtime = engine.runtime_for(project.name)
     engine.proxy.set_watch(project.name, True)  # truncates the log when it may
     follower = LogFollower(engine.proxy.access_log(project.name), from_end=True)
     stage.output(
@@ -204,8 +206,8 @@ async def observe(
             while True:
                 next_probe = loop.time() + health.interval
                 await asyncio.sleep(max(0.0, next_probe - loop.time()))
-                gone = await _gone(engine, slot.container)
-                problem = None if gone else (await probe(session, url, health))[0]
+                gone = await _gone(runtime, slot.container)
+                problem = None if gone else await _probe(runtime, session, slot, health)
                 answers, errors = count_answers(follower.new_lines(), slot.port)
                 seen = Seen(
                     elapsed=loop.time() - started,
@@ -238,12 +240,27 @@ async def observe(
             engine.proxy.set_watch(project.name, False)
 
 
-async def _gone(engine: Engine, container: str) -> str | None:
-    state = await engine.runtime.state(container)
+async def _gone(runtime: Runtime, container: str) -> str | None:
+    state = await runtime.state(container)
     if state is None:
         return "disappeared"
     if not state.running:
         return f"exited with code {state.exit_code}"
     if state.restart_count:
         return f"restarted {state.restart_count} time(s)"
+    return None
+
+
+async def _probe(
+    runtime: Runtime, session: aiohttp.ClientSession, slot: Slot, health: HealthSettings
+) -> str | None:
+    """None when the release answered its health check well on every address it answers on
+    (127.0.0.1; a swarm's nodes), else what was wrong."""
+    endpoints = await runtime.endpoints(slot.container, slot.port)
+    if not endpoints:
+        return "it answers on no address"
+    for endpoint in endpoints:
+        problem, _ = await probe(session, endpoint.netloc, health)
+        if problem is not None:
+            return problem if len(endpoints) == 1 else f"{problem} on {endpoint.netloc}"
     return None

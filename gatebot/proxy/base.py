@@ -8,7 +8,7 @@ put them in force only when they changed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -24,9 +24,16 @@ class Proxy(Protocol):
     async def check(self) -> None:
         """Raise ProxyError unless the proxy is installed and its configuration is valid."""
 
-    async def ensure(self, projects: Sequence[ProjectSettings]) -> list[str]:
+    async def ensure(
+        self,
+        projects: Sequence[ProjectSettings],
+        servers: Mapping[str, Mapping[Color, Sequence[str]]] | None = None,
+    ) -> list[str]:
         """Write the files of `projects` and put them in force if any changed; the names of
-        the projects whose files changed. On refusal the previous files stay (ProxyError)."""
+        the projects whose files changed. On refusal the previous files stay (ProxyError).
+        `servers`: per project, each slot's upstream servers ("address:port"), where they
+        are not 127.0.0.1 and the slot's port (a swarm slot's nodes); a slot given none
+        keeps the servers its file lists."""
 
     async def remove(self, projects: Sequence[str]) -> list[Path]:
         """Remove the files of projects that left the configuration; the files removed."""

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,20 +72,37 @@ class Layout:
         return self.log_dir / f"{project}.access.log"
 
 
-def render_conf(project: ProjectSettings, layout: Layout) -> str:
-    """`<project>.conf`: both slots' upstreams, the watch log format, the optional site."""
+Servers = Mapping[Color, Sequence[str]]  # a slot's upstream servers, "address:port" each
+
+
+def render_conf(project: ProjectSettings, layout: Layout, servers: Servers | None = None) -> str:
+    """`<project>.conf`: both slots' upstreams, the watch log format, the optional site.
+
+    A slot's upstream lists `servers[color]` (a swarm slot: every node running one of its
+    tasks), else 127.0.0.1 and the slot's port."""
     blue, green = project.ports
     lines = [
         f"{HEADER}: project {project.name}. gatebot rewrites this file from its configuration.",
         f"# Routing: include {layout.file(project.name, 'proxy')} inside a location.",
     ]
-    for color, port in ((Color.BLUE, blue), (Color.GREEN, green)):
-        lines += [
-            f"upstream {upstream_name(project.name, color)} {{",
-            f"    server 127.0.0.1:{port} max_fails=0;",
-            "    keepalive 16;",
-            "}",
-        ]
+    listed = {
+        color: list((servers or {}).get(color) or [f"127.0.0.1:{port}"])
+        for color, port in ((Color.BLUE, blue), (Color.GREEN, green))
+    }
+    for color in (Color.BLUE, Color.GREEN):
+        own = listed[color]
+        # One server is never set aside (a 502 for fail_timeout would follow); of several (a
+        # swarm's nodes), one that failed is skipped for a while until the refresh drops it.
+        health = "max_fails=0" if len(own) == 1 else "max_fails=1 fail_timeout=10s"
+        lines.append(f"upstream {upstream_name(project.name, color)} {{")
+        lines += [f"    server {server} {health};" for server in own]
+        if project.runtime == "swarm":
+            # A swarm slot's servers change with its nodes, and nginx applies a reload a
+            # moment after its command returns: a worker still on the previous servers (or
+            # a node that just died) passes the request to the other color, which runs until
+            # it is retired, rather than answering 502.
+            lines += [f"    server {server} backup;" for server in listed[color.other]]
+        lines += ["    keepalive 16;", "}"]
     lines.append(f"log_format {log_format_name(project.name)} '$msec $status $upstream_addr';")
     if project.site is not None:
         lines += [
@@ -133,9 +150,51 @@ def render_proxy(project: ProjectSettings, layout: Layout) -> str:
     )
 
 
-def render_files(project: ProjectSettings, layout: Layout) -> dict[str, str]:
+def render_files(
+    project: ProjectSettings, layout: Layout, servers: Servers | None = None
+) -> dict[str, str]:
     """A project's files by kind ("conf", "proxy")."""
-    return {"conf": render_conf(project, layout), "proxy": render_proxy(project, layout)}
+    return {
+        "conf": render_conf(project, layout, servers),
+        "proxy": render_proxy(project, layout),
+    }
+
+
+def rendered_servers(text: str | None, project: str, color: Color) -> list[str]:
+    """The servers a `<project>.conf` of gatebot's lists in `color`'s upstream."""
+    if not is_gatebots(text):
+        return []
+    assert text is not None
+    found: list[str] = []
+    inside = False
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped == f"upstream {upstream_name(project, color)} {{":
+            inside = True
+        elif inside and stripped == "}":
+            break
+        elif inside and stripped.startswith("server ") and "backup" not in stripped[:-1].split():
+            found.append(stripped.split()[1].rstrip(";"))
+    return found
+
+
+def choose_servers(
+    project: ProjectSettings, given: Servers | None, existing: str | None
+) -> dict[Color, list[str]]:
+    """Each slot's upstream servers: the ones `given` (its endpoints now) if any, else those
+    the current file lists on the slot's port (a retired swarm slot keeps the nodes it was
+    last live on, so deploying it again on the same nodes changes no file and reloads
+    nothing), else none (render_conf's 127.0.0.1 default)."""
+    chosen: dict[Color, list[str]] = {}
+    for color, port in zip((Color.BLUE, Color.GREEN), project.ports, strict=True):
+        listed = list((given or {}).get(color) or ())
+        if not listed:
+            listed = [
+                s for s in rendered_servers(existing, project.name, color)
+                if s.rpartition(":")[2] == str(port)
+            ]  # fmt: skip
+        chosen[color] = listed
+    return chosen
 
 
 def is_gatebots(text: str | None) -> bool:
@@ -231,11 +290,15 @@ class NginxProxy:
 
     # --- files: written when the configuration changes, then tested and reloaded ----------
 
-    def _wanted(self, projects: Iterable[ProjectSettings]) -> dict[Path, str | None]:
+    def _wanted(
+        self, projects: Iterable[ProjectSettings], servers: Mapping[str, Servers] | None
+    ) -> dict[Path, str | None]:
         """The files that must change for `projects` (refusing to overwrite a foreign file)."""
         wanted: dict[Path, str | None] = {}
         for project in projects:
-            for kind, text in render_files(project, self.layout).items():
+            given = (servers or {}).get(project.name)
+            slots = choose_servers(project, given, self.current(project.name))
+            for kind, text in render_files(project, self.layout, slots).items():
                 path = self.path(project.name, kind)
                 existing = _read(path)
                 if existing == text:
@@ -248,16 +311,21 @@ class NginxProxy:
                 wanted[path] = text
         return wanted
 
-    async def ensure(self, projects: Sequence[ProjectSettings]) -> list[str]:
+    async def ensure(
+        self,
+        projects: Sequence[ProjectSettings],
+        servers: Mapping[str, Servers] | None = None,
+    ) -> list[str]:
         """Give every project in `projects` its files; if any changed, test nginx once and
         reload it once. Returns the projects whose files changed (none: nothing was run).
+        `servers` gives a project's slots' upstream servers (see `choose_servers`).
 
         On a failed test or reload every file is put back as it was and ProxyError carries
         nginx's message."""
-        if not self._wanted(projects) and not self._unloaded.exists():
+        if not self._wanted(projects, servers) and not self._unloaded.exists():
             return []  # the common case, without waiting for another process's reload
         async with self._exclusive():
-            wanted = self._wanted(projects)
+            wanted = self._wanted(projects, servers)
             if not wanted:
                 if self._unloaded.exists():  # a reload that failed: load the files again
                     await self._apply({})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,13 @@ class Endpoint:
     port: int
     node: str = ""  # the swarm node's hostname; "" on one host
 
+    @property
+    def netloc(self) -> str:
+        """``address:port`` for a URL or an nginx server (``[v6]:port``); ValueError unless
+        the address is an IP address (it goes into nginx's configuration)."""
+        ip = ipaddress.ip_address(self.address)
+        return f"[{ip}]:{self.port}" if ip.version == 6 else f"{ip}:{self.port}"
+
 
 @dataclass(frozen=True)
 class ContainerState:
@@ -75,6 +83,34 @@ class ContainerState:
     @property
     def managed(self) -> bool:
         return self.labels.get(LABEL_MANAGED) == "true"
+
+    @property
+    def retired(self) -> bool:
+        """Kept without running anything (a swarm service scaled to 0, its spec kept for a
+        rollback); on one host a retired container is gone, so never."""
+        return self.status == STATUS_RETIRED
+
+    @property
+    def degraded(self) -> bool:
+        """Not converged, yet some of it answers (a swarm service whose task on a dead node
+        waits for a node to run on): the engine works on it; gatebot leaves it be."""
+        return self.status == STATUS_DEGRADED
+
+
+STATUS_RETIRED = "scaled-down"
+STATUS_DEGRADED = "degraded"
+
+
+@dataclass(frozen=True)
+class SlotTask:
+    """One task of a slot and where it runs (a swarm node), for status views; a slot on one
+    host has none to show."""
+
+    node: str  # the node's hostname ("unassigned" before the scheduler picks one)
+    address: str
+    state: str  # running | starting | failed | ... as the engine says
+    desired: str
+    error: str = ""
 
 
 class Runtime(Protocol):
@@ -109,11 +145,18 @@ class Runtime(Protocol):
     async def stop_and_remove(self, name: str, timeout: int) -> None:
         """Stop (SIGTERM, then SIGKILL after `timeout` s) and remove; absent is fine."""
 
+    async def retire(self, name: str, timeout: int) -> None:
+        """Take a slot that was live out of service, keeping what a rollback needs: on one
+        host stop and remove the container (its image stays); on a swarm scale the service
+        to 0, keeping its spec (`start` scales it up again). Absent is fine."""
+
     async def managed_containers(self, project: str) -> list[ContainerState]: ...
 
     async def endpoints(self, name: str, port: int) -> list[Endpoint]:
         """Where the slot `name`, published on `port`, answers now (empty: nowhere)."""
 
+    async def tasks(self, name: str) -> list[SlotTask]:
+        """The tasks of the slot's current spec and their nodes (none on one host)."""
 
 @dataclass(frozen=True)
 class ContainerEvent:

@@ -23,6 +23,7 @@ from gatebot.runtime.base import (
     ContainerSpec,
     ContainerState,
     Endpoint,
+    SlotTask,
     local_repository,
 )
 
@@ -238,6 +239,10 @@ class DockerRuntime:
 
         await self._call(stop)
 
+    async def retire(self, name: str, timeout: int) -> None:
+        """One host keeps nothing but the image: the container goes."""
+        await self.stop_and_remove(name, timeout)
+
     async def managed_containers(self, project: str) -> list[ContainerState]:
         def listing() -> list[ContainerState]:
             containers = self._docker().containers.list(
@@ -252,6 +257,9 @@ class DockerRuntime:
         """One host: the slot's port on loopback (asks the engine nothing, so the single-host
         path costs nothing more)."""
         return [Endpoint("127.0.0.1", port)]
+
+    async def tasks(self, name: str) -> list[SlotTask]:
+        return []
 
 
     # --- events ---------------------------------------------------------------------------

@@ -32,10 +32,13 @@ from gatebot.errors import NameConflict, RuntimeFailure
 from gatebot.runtime.base import (
     LABEL_MANAGED,
     LABEL_PROJECT,
+    STATUS_DEGRADED,
+    STATUS_RETIRED,
     BuildSpec,
     ContainerSpec,
     ContainerState,
     Endpoint,
+    SlotTask,
 )
 from gatebot.runtime.docker import DockerRuntime
 from gatebot.settings import SwarmSettings
@@ -185,7 +188,9 @@ def summarize(
     if converged:
         status = "running"
     elif want == 0:
-        status = "scaled-down"
+        status = STATUS_RETIRED
+    elif running:  # some tasks answer: a dead node's task waits, a crash-looping one restarts
+        status = STATUS_DEGRADED
     elif ended:
         status = "failed"
     else:
@@ -210,6 +215,23 @@ def endpoints_of(tasks: Iterable[Task], nodes: Mapping[str, Node], port: int) ->
         for t in running_tasks(tasks, nodes)
     }
     return [found[address] for address in sorted(found)]
+
+
+def slot_tasks(tasks: Iterable[Task], nodes: Mapping[str, Node]) -> list[SlotTask]:
+    """Tasks as status views show them, oldest first: node, address, state, error."""
+    shown = []
+    for t in sorted(tasks, key=lambda t: t.created):
+        node = nodes.get(t.node_id)
+        shown.append(
+            SlotTask(
+                node=node.hostname if node else "unassigned",
+                address=node.address if node else "",
+                state=t.state if node is None or node.ready else f"{t.state} (node down)",
+                desired=t.desired,
+                error=t.error,
+            )
+        )
+    return shown
 
 
 def unpinned(image: str) -> str:
@@ -406,15 +428,14 @@ class SwarmRuntime(DockerRuntime):
 
         return await self._call(state)
 
-    async def tasks(self, name: str) -> list[tuple[Task, Node | None]]:
-        """The tasks of the service's current spec with their nodes (status pages)."""
+    async def tasks(self, name: str) -> list[SlotTask]:
+        """The tasks of the service's current spec with their nodes (status views)."""
 
-        def listing() -> list[tuple[Task, Node | None]]:
+        def listing() -> list[SlotTask]:
             service = self._service(name)
             if service is None:
                 return []
-            nodes = self._nodes()
-            return [(t, nodes.get(t.node_id)) for t in current_tasks(service, self._tasks(service))]
+            return slot_tasks(current_tasks(service, self._tasks(service)), self._nodes())
 
         return await self._call(listing)
 
@@ -445,15 +466,18 @@ class SwarmRuntime(DockerRuntime):
 
         return await self._call(logs)
 
-    async def stop_and_remove(self, name: str, timeout: int) -> None:
+    async def retire(self, name: str, timeout: int) -> None:
         """Scale to 0 and keep the spec (absent is fine); returns once no task runs, each
-        given `timeout` s between SIGTERM and SIGKILL."""
+        given `timeout` s between SIGTERM and SIGKILL. A service already at 0 is left as it
+        is (no update, no new version)."""
 
         def scale_down() -> bool:
             service = self._service(name)
             if service is None:
                 return False
             spec = service["Spec"]
+            if replicas(service) == 0:
+                return True
             template = dict(spec["TaskTemplate"])
             template["ContainerSpec"] = {
                 **template["ContainerSpec"],
@@ -480,6 +504,23 @@ class SwarmRuntime(DockerRuntime):
             if time.monotonic() > deadline:
                 raise RuntimeFailure(f"the tasks of {name} did not stop within {timeout + 30}s")
             await asyncio.sleep(_POLL)
+
+    async def stop_and_remove(self, name: str, timeout: int) -> None:
+        """Scale to 0 (so every node's port is free once this returns), then remove the
+        service; absent is fine. For what was never live or must not come back: a failed
+        release, a stray of an interrupted deploy."""
+        await self.retire(name, timeout)
+
+        def remove() -> None:
+            service = self._service(name)
+            if service is None:
+                return
+            try:
+                self._docker().api.remove_service(service["ID"])
+            except docker.errors.NotFound:
+                pass
+
+        await self._call(remove)
 
     async def managed_containers(self, project: str) -> list[ContainerState]:
         """The project's services (scaled-down ones too, with status "scaled-down")."""

@@ -24,6 +24,7 @@ from gatebot.api.dashboard_render import (
     took,
 )
 from gatebot.model import Color, JobKind, JobState, Origin, OriginKind, Status
+from gatebot.runtime.base import SlotTask
 from gatebot.settings import Settings, parse_settings
 from gatebot.store.deployments import Deployment
 from gatebot.store.jobs import Job
@@ -338,3 +339,16 @@ def test_gate_text_names_failed_checks_first() -> None:
     assert gate_text({"pending": [], "failed": [], "reason": "waiting for checks to appear"}) == (
         "waiting for checks to appear"
     )
+
+
+def test_a_live_swarm_release_shows_where_its_tasks_run_escaped_and_redacted() -> None:
+    tasks = [
+        SlotTask(node="n1", address="10.0.0.11", state="running", desired="running"),
+        SlotTask(node=EVIL, address="10.0.0.12", state="failed", desired="running", error=SECRET),
+    ]
+    page = render_overview(bar(), [state(settings(), tasks=tasks)], NONCE, (SECRET,))
+    assert "<dt>Tasks</dt>" in page
+    assert "n1 <code>10.0.0.11</code> running" in page
+    assert EVIL not in page and SECRET not in page
+    assert "&lt;script&gt;" in page and "failed (***)" in page
+    assert "<dt>Tasks</dt>" not in render_overview(bar(), [state(settings())], NONCE, ())

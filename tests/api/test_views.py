@@ -6,8 +6,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from gatebot.api.views import deployment_view, project_view, stream_finished
+from gatebot.api.views import active_view, deployment_view, project_view, stream_finished
 from gatebot.model import Color, Status
+from gatebot.runtime.base import SlotTask
 from gatebot.settings import parse_settings
 from gatebot.store.deployments import Deployment
 
@@ -81,3 +82,20 @@ def test_a_stream_ends_when_nobody_writes_to_its_deployment_any_more() -> None:
     assert not stream_finished(d, None, "deploy by cli:alice", newest_id=7)
     # ...but an older one is finished.
     assert stream_finished(d, None, "deploy by cli:alice", newest_id=8)
+
+
+def test_a_live_releases_view_lists_its_tasks_and_none_on_one_host() -> None:
+    live = deployment(status=Status.ACTIVE, activated_at="2026-01-01T00:00:01Z")
+    tasks = [
+        SlotTask(node="n1", address="10.0.0.11", state="running", desired="running"),
+        SlotTask(node="n2", address="10.0.0.12", state="rejected", desired="running", error="x"),
+    ]
+    shown = active_view(live, tasks)
+    assert shown is not None and shown["tasks"] == [
+        {"node": "n1", "address": "10.0.0.11", "state": "running", "desired": "running",
+         "error": None},
+        {"node": "n2", "address": "10.0.0.12", "state": "rejected", "desired": "running",
+         "error": "x"},
+    ]  # fmt: skip
+    one_host = active_view(live)
+    assert one_host is not None and one_host["tasks"] == []

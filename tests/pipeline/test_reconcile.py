@@ -23,7 +23,7 @@ async def crash_after_run(engine: Engine, setup: Setup, version: str) -> int:
     dep = await deployments.create(setup.name, "test")
     checkout = await engine.source.checkout(setup.name, project.repo, project.branch, sha)
     slot = pick_slot(project, active)
-    image = image_tag(setup.name, dep.version, sha)
+    image = image_tag(f"gatebot/{setup.name}", dep.version, sha)
     dep = await deployments.mark_deploying(
         dep.id, commit_sha=sha, commit_message="", image=image, slot=slot
     )

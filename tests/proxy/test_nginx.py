@@ -18,8 +18,10 @@ from gatebot.proxy.nginx import (
     HEADER,
     Layout,
     NginxProxy,
+    choose_servers,
     render_conf,
     render_proxy,
+    rendered_servers,
     run_command,
     upstream_name,
 )
@@ -107,6 +109,45 @@ def test_conf_holds_both_slots_and_no_server_without_a_site() -> None:
     assert "log_format gatebot_my_shop_watch '$msec $status $upstream_addr';" in text
     assert "server {" not in text
     assert text.count("{") == text.count("}")
+
+
+def test_a_swarm_slot_lists_its_nodes_and_the_other_color_as_backup() -> None:
+    swarm = project(runtime="swarm", replicas=2, network="bridge")
+    servers = {
+        Color.BLUE: ["10.0.0.11:3100", "10.0.0.12:3100"],
+        Color.GREEN: ["10.0.0.11:3101"],
+    }
+    text = render_conf(swarm, LAYOUT, servers)
+    assert (
+        "upstream gatebot_my_shop_blue {\n"
+        "    server 10.0.0.11:3100 max_fails=1 fail_timeout=10s;\n"
+        "    server 10.0.0.12:3100 max_fails=1 fail_timeout=10s;\n"
+        "    server 10.0.0.11:3101 backup;\n"
+    ) in text
+    assert (
+        "upstream gatebot_my_shop_green {\n"
+        "    server 10.0.0.11:3101 max_fails=0;\n"
+        "    server 10.0.0.11:3100 backup;\n"
+        "    server 10.0.0.12:3100 backup;\n"
+    ) in text
+    assert rendered_servers(text, "my-shop", Color.BLUE) == servers[Color.BLUE]
+    assert rendered_servers(text, "my-shop", Color.GREEN) == servers[Color.GREEN]
+    # One host: no backup, whatever is given.
+    assert "backup" not in render_conf(project(), LAYOUT, servers)
+
+
+def test_a_slot_given_no_servers_keeps_those_its_file_lists_on_its_port() -> None:
+    swarm = project(runtime="swarm", replicas=2, network="bridge")
+    was = render_conf(swarm, LAYOUT, {Color.GREEN: ["10.0.0.11:3101", "10.0.0.12:3101"]})
+    chosen = choose_servers(swarm, {Color.BLUE: ["10.0.0.12:3100"], Color.GREEN: []}, was)
+    assert chosen == {
+        Color.BLUE: ["10.0.0.12:3100"],
+        Color.GREEN: ["10.0.0.11:3101", "10.0.0.12:3101"],
+    }
+    # A changed base_port does not keep servers on the old port; no file: the default.
+    moved = project(runtime="swarm", replicas=2, network="bridge", base_port=4100)
+    assert choose_servers(moved, None, was) == {Color.BLUE: [], Color.GREEN: []}
+    assert choose_servers(swarm, None, None) == {Color.BLUE: [], Color.GREEN: []}
 
 
 def test_conf_site_includes_the_snippet() -> None:

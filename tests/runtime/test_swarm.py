@@ -157,9 +157,9 @@ async def test_two_replicas_run_a_task_on_each_node_each_answering_on_its_addres
     listed = await runtime.managed_containers(project)
     assert [s.name for s in listed] == [f"gatebot-{project}-blue"]
     tasks = await runtime.tasks(f"gatebot-{project}-blue")
-    assert sorted((node.hostname if node else "", t.state) for t, node in tasks) == [
-        ("n1", "running"),
-        ("n2", "running"),
+    assert sorted((t.node, t.address, t.state) for t in tasks) == [
+        ("n1", swarm.nodes[0].address, "running"),
+        ("n2", swarm.nodes[1].address, "running"),
     ]
 
     # The service as created: host-mode port, dnsrr, init, on the overlay, pinned image.
@@ -223,11 +223,11 @@ async def test_scale_to_zero_keeps_the_spec_and_start_scales_it_back_up(
     name = f"gatebot-{project}-blue"
     await runtime.run(slot(project, image, port))
 
-    await runtime.stop_and_remove(name, timeout=2)
+    await runtime.retire(name, timeout=2)
 
     state = await runtime.state(name)
     assert state is not None
-    assert (state.running, state.status, state.image) == (False, "scaled-down", image)
+    assert (state.running, state.retired, state.image) == (False, True, image)
     assert await runtime.endpoints(name, port) == []
     assert not any(answers(n.address, port) for n in swarm.nodes)
 
@@ -236,7 +236,13 @@ async def test_scale_to_zero_keeps_the_spec_and_start_scales_it_back_up(
     state = await runtime.state(name)
     assert state is not None and state.running and state.image == image
     assert [fetch(n.address, port) for n in swarm.nodes] == ["v1", "v1"]
-    await runtime.stop_and_remove(f"gatebot-{project}-green", timeout=1)  # absent is fine
+    await runtime.retire(f"gatebot-{project}-green", timeout=1)  # absent is fine
+
+    # stop_and_remove: for what must not come back; every node's port is free afterwards.
+    await runtime.stop_and_remove(name, timeout=1)
+    assert await runtime.state(name) is None
+    assert not any(answers(n.address, port) for n in swarm.nodes)
+    await runtime.stop_and_remove(name, timeout=1)  # absent is fine
 
 
 async def test_wrong_registry_credentials_fail_the_push_and_the_error_does_not_show_them(

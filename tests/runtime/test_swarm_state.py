@@ -103,8 +103,13 @@ def test_converged_when_every_replica_runs_the_current_spec() -> None:
 
 
 def test_not_converged_while_a_replica_starts() -> None:
+    state = summarize(service(), [task("N1", "preparing"), task("N2", "preparing")], NODES)
+    assert (state.running, state.status, state.degraded) == (False, "starting", False)
+
+
+def test_degraded_while_some_replicas_run_and_others_do_not() -> None:
     state = summarize(service(), [task("N1", "running"), task("N2", "preparing")], NODES)
-    assert (state.running, state.status) == (False, "starting")
+    assert (state.running, state.status, state.degraded) == (False, "degraded", True)
 
 
 def test_tasks_of_an_earlier_spec_count_neither_way() -> None:
@@ -127,10 +132,12 @@ def test_a_task_that_ended_is_a_failure_with_its_exit_code() -> None:
     state = summarize(service(), tasks, NODES)
     assert (state.running, state.status, state.restart_count, state.exit_code) == (
         False,
-        "failed",
+        "degraded",  # N1 still answers
         2,
         3,
     )
+    state = summarize(service(), tasks[1:], NODES)
+    assert (state.running, state.status, state.restart_count) == (False, "failed", 2)
 
 
 def test_a_task_on_a_node_that_is_down_is_not_running() -> None:
@@ -142,7 +149,7 @@ def test_a_task_on_a_node_that_is_down_is_not_running() -> None:
 
 def test_scaled_down_service() -> None:
     state = summarize(service(replicas=0), [task("N1", "shutdown", desired="shutdown")], NODES)
-    assert (state.running, state.status) == (False, "scaled-down")
+    assert (state.running, state.status, state.retired) == (False, "scaled-down", True)
     assert state.labels[LABEL_REPLICAS] == "2"
 
 
