@@ -89,9 +89,10 @@ async def _deploy(
             refuse_live_slot(engine, project, slot)
             spec = engine.container_spec(project, deployment, image, slot)
             await runtime.run(spec)
-            # The new slot's upstream where its tasks run (a swarm's nodes), while it takes no
-            # traffic: a reload this needs is long applied when the switch flips to it.
-            await engine.ensure_files([project])
+            # A slot on other servers than its upstream lists (a swarm's nodes): rewrite it
+            # now, while it takes no traffic, so the reload is applied when the switch flips.
+            if await engine.upstream_moved(project, slot):
+                await engine.ensure_files([project])
             stage.message = f"started {slot.container} ({slot.color}) on port {slot.port}"
         async with journal.stage("health") as stage:
             result = await wait_healthy(

@@ -110,6 +110,13 @@ class Engine:
         servers = {p.name: await self.upstream_servers(p) for p in projects}
         return await self.proxy.ensure(projects, servers)
 
+    async def upstream_moved(self, project: ProjectSettings, slot: Slot) -> bool:
+        """Whether `slot` answers on servers other than those its upstream lists (a swarm
+        slot on other nodes; never on one host, where both are 127.0.0.1 and its port)."""
+        found = await self.runtime_for(project.name).endpoints(slot.container, slot.port)
+        listed = self.proxy.servers(project.name, slot.color)
+        return bool(found) and [e.netloc for e in found] != listed
+
     async def live_tasks(self, deployment: Deployment | None) -> list[SlotTask]:
         """Where the live release's tasks run (a swarm's nodes), for status views; none on
         one host, for a release that is not live, or while the engine does not answer."""

@@ -96,7 +96,8 @@ async def make_live(
             refuse_live_slot(engine, project, slot)
             spec = engine.container_spec(project, target, target.image, slot)
             await runtime.run(spec)
-            await engine.ensure_files([project])  # as a deploy does: before the switch
+            if await engine.upstream_moved(project, slot):  # as a deploy does
+                await engine.ensure_files([project])
             stage.message = f"started {slot.container} ({slot.color}) on port {slot.port}"
         async with journal.stage("health") as stage:
             result = await wait_healthy(

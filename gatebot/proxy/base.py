@@ -41,6 +41,9 @@ class Proxy(Protocol):
     def configured_elsewhere(self, keep: Iterable[str]) -> list[str]:
         """Projects with files of gatebot's that are not in `keep`."""
 
+    def servers(self, project: str, color: Color) -> list[str]:
+        """The upstream servers `project`'s files list for `color` ("address:port")."""
+
     def route(self, project: str) -> Color | None:
         """The slot `project`'s requests go to (None: nothing is live, 503)."""
 

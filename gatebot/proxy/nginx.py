@@ -427,6 +427,9 @@ class NginxProxy:
             if (await run_command(self.reload_cmd)).returncode == 0:
                 _write(self._unloaded, None)
 
+    def servers(self, project: str, color: Color) -> list[str]:
+        return rendered_servers(self.current(project), project, color)
+
     # --- markers: the switch, no reload ---------------------------------------------------
 
     def route(self, project: str) -> Color | None:

@@ -266,27 +266,33 @@ async def test_serve_killed_mid_deploy_is_reconciled_at_its_next_start(
     setup.repo.commit("v2")
     stop = asyncio.Event()
     load = asyncio.create_task(steady_load([f"{setup.site_url}/version"], stop))
-    killed = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "gatebot", "-c", str(config()), "serve"],
-        env={**os.environ, CRASH_AFTER_ENV: "health"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    output = setup.tmp_path / "serve.log"
+    with open(output, "wb") as sink:
+        killed = subprocess.Popen(
+            [sys.executable, "-m", "gatebot", "-c", str(config()), "serve"],
+            env={**os.environ, CRASH_AFTER_ENV: "health"},
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+        )
+    try:
+        code = await asyncio.to_thread(killed.wait, 120)
+    except subprocess.TimeoutExpired:
+        killed.kill()
+        code = killed.wait()
+    assert code == -signal.SIGKILL, output.read_text()[-3000:]
     async with open_engine(swarm_settings(setup, swarm)) as engine:
         interrupted = (await engine.store.deployments.history(setup.name, limit=1))[0]
         assert (interrupted.version, interrupted.status) == (2, Status.DEPLOYING)
         state = await engine.runtime_for(setup.name).state(green.container)
         assert state is not None and state.running, "v2's service was left running"
 
-    restarted = subprocess.Popen(
-        [sys.executable, "-m", "gatebot", "-c", str(config(poll_interval=0)), "serve"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    output = setup.tmp_path / "serve-again.log"
+    with open(output, "wb") as sink:
+        restarted = subprocess.Popen(
+            [sys.executable, "-m", "gatebot", "-c", str(config(poll_interval=0)), "serve"],
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+        )
     db = str(setup.data_dir / "gatebot.db")
     try:
         # Start-up reconciliation fails v2's deployment; the interrupted job is queued again
@@ -294,10 +300,14 @@ async def test_serve_killed_mid_deploy_is_reconciled_at_its_next_start(
         async def redeployed() -> bool:
             return (3, "ACTIVE") in deployment_rows(db)
 
-        await until(redeployed, 90, "the interrupted job to deploy again")
+        try:
+            await until(redeployed, 90, "the interrupted job to deploy again")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {output.read_text()[-4000:]}") from None
     finally:
         restarted.send_signal(signal.SIGTERM)
-        _, errors = restarted.communicate(timeout=60)
+        await asyncio.to_thread(restarted.wait, 60)
+    errors = output.read_text()
     stop.set()
     result = await load
     assert result.failures == [] and result.ok > 20, result.failures[:3]
