@@ -10,6 +10,8 @@ import sqlite3
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import aiohttp
@@ -35,15 +37,23 @@ async def wait_for(predicate, timeout: float = 60.0) -> None:  # type: ignore[no
         await asyncio.sleep(0.1)
 
 
-def serve(config: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    """`gatebot serve` as a process, its log lines on stdout."""
-    return subprocess.Popen(
+@contextmanager
+def serve(config: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[str]]:
+    """`gatebot serve` as a process, its log lines on stdout; killed at the block's end if
+    the test did not stop it."""
+    server = subprocess.Popen(
         [sys.executable, "-m", "gatebot", "-c", str(config), "serve"],
         env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    try:
+        yield server
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
 
 
 def answers(port: int) -> bool:
@@ -68,11 +78,10 @@ async def test_sigterm_lets_the_running_deploy_finish_and_keeps_queued_jobs(setu
         server={"listen": f"127.0.0.1:{port}"},
         github={"webhook_secret": "env:TEST_SECRET"},
     )
-    server = serve(path, {"TEST_SECRET": GITHUB_SECRET})
     base = f"http://127.0.0.1:{port}"
     db = str(setup.data_dir / "gatebot.db")
 
-    try:
+    with serve(path, {"TEST_SECRET": GITHUB_SECRET}) as server:
         await wait_for(lambda: answers(port))
         async with aiohttp.ClientSession() as session:
             for version in ("v1", "v2"):
@@ -86,10 +95,6 @@ async def test_sigterm_lets_the_running_deploy_finish_and_keeps_queued_jobs(setu
                     await wait_for(lambda: (1, "running") in job_states(db))
         server.send_signal(signal.SIGTERM)
         output, _ = server.communicate(timeout=120)
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
     assert server.returncode == 0, output
     assert job_states(db) == [(1, "succeeded"), (2, "queued")]
     assert GITHUB_SECRET not in output
@@ -110,19 +115,14 @@ async def test_a_second_sigterm_cuts_the_running_deploy_off_says_so_and_exits_14
         server={"listen": f"127.0.0.1:{port}"},
     )
     setup.repo.commit("v1", healthy=False)
-    server = serve(path)
     db = str(setup.data_dir / "gatebot.db")
-    try:
+    with serve(path) as server:
         await wait_for(lambda: answers(port))
         await wait_for(lambda: (1, "running") in job_states(db))
         server.send_signal(signal.SIGTERM)
         await wait_for(lambda: not answers(port))  # the first one is stopping the server
         server.send_signal(signal.SIGTERM)
         output, _ = server.communicate(timeout=60)
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
     assert server.returncode == 143, output
     assert "SIGTERM: stopping; running deploys get up to 600s to finish" in output
     assert (
