@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -233,6 +234,45 @@ async def test_a_dead_node_drops_out_of_the_upstream_and_the_live_color_stays(
 
     await until(both, 90, "n2 back in the upstream")
     assert await node_answers(swarm, blue.port) == ["v1", "v1"]
+
+
+@pytest.mark.faults
+async def test_reconciliation_scales_the_live_service_back_up_and_removes_a_stray_one(
+    engine: Engine, setup: Setup, swarm: Swarm
+) -> None:
+    """Swarm-mode reconciliation: the live service scaled to 0 behind gatebot's back is
+    scaled up again and health-checked on both nodes; a gatebot service that belongs to no
+    deployment the database knows (a stray) is removed; the route stays on the live color."""
+    project = engine.settings.project(setup.name)
+    runtime = engine.runtime_for(setup.name)
+    blue, green = slot_of(project, Color.BLUE), slot_of(project, Color.GREEN)
+    setup.repo.commit("v1")
+    first = await deploy(engine, setup.name, trigger="test")
+    assert first.image is not None
+    stray = replace(first, id=first.id + 100)
+    await runtime.run(engine.container_spec(project, stray, first.image, green))
+    client = swarm.client()
+    try:
+        client.services.get(blue.container).scale(0)
+    finally:
+        client.close()
+
+    async def scaled_away() -> bool:
+        state = await runtime.state(blue.container)
+        return state is not None and not state.running and not state.degraded
+
+    await until(scaled_away, 30, "the live service to scale to 0")
+    report = await reconcile(engine)
+    assert report.restarted == [first.id] and report.lost == []
+    assert report.removed_containers == [green.container]
+    assert await runtime.state(green.container) is None, "the stray service is gone"
+    assert await node_answers(swarm, blue.port) == ["v1", "v1"]
+    assert engine.proxy.route(setup.name) is Color.BLUE
+    assert await eventually_live(setup, "v1") == "v1"
+    active = await engine.store.deployments.active(setup.name)
+    assert active is not None and active.id == first.id
+    notes = [s.message for s in await engine.store.deployments.steps(first.id)]
+    assert any("started again and healthy" in n for n in notes), notes
 
 
 @pytest.mark.faults
