@@ -38,14 +38,17 @@ from gatebot.api.keys import (
     GATES,
     METRICS,
     QUEUE,
+    RECORDER,
     SECRETS,
     SETTINGS,
     WATCHDOG,
+    Recorder,
 )
 from gatebot.errors import GatebotError, RuntimeUnavailable, UnrecordedReleases, describe
 from gatebot.feedback import Feedback
 from gatebot.feedback.comments import comment_runner
 from gatebot.gatewatch import GateWatcher
+from gatebot.intake_process import NUDGE, IntakeProcesses, intake_command
 from gatebot.metrics import Metrics, MetricsObserver, counted
 from gatebot.pipeline.engine import Engine, EngineListeners
 from gatebot.pipeline.jobs import run_job
@@ -117,6 +120,7 @@ def create_app(
             app[QUEUE] = queue
             app[FEEDBACK] = feedback
             app[GATES] = gates
+            app[RECORDER] = Recorder(engine.store.deployments, queue.submit, gates.poke)
             gates.start()  # waiting jobs are looked at again at once: they survive a restart
             poller = Poller(settings, engine, queue)
             poller.start()  # the branch heads at once, then every poll_interval
@@ -128,6 +132,7 @@ def create_app(
             starter: asyncio.Task[None] | None = None
             if not await start_work(engine, queue):
                 starter = asyncio.create_task(retry_start(engine, queue))
+            intake = await start_intake_processes(settings, queue, gates)
             pruner = asyncio.create_task(prune_deliveries(engine, settings))
             swarm = settings.swarm
             refresher = (
@@ -136,6 +141,9 @@ def create_app(
                 else None
             )
             yield
+            if intake is not None:
+                await intake.stop()
+                asyncio.get_running_loop().remove_signal_handler(NUDGE)
             for task in (starter, pruner, refresher):
                 if task is not None:
                     task.cancel()
@@ -149,6 +157,30 @@ def create_app(
 
     app.cleanup_ctx.append(engine_ctx)
     return app
+
+
+async def start_intake_processes(
+    settings: Settings, queue: JobQueue, gates: GateWatcher
+) -> IntakeProcesses | None:
+    """With [server] intake_listen: hear their nudges (new jobs, or checks that changed), then
+    start them (gatebot/intake_process.py)."""
+    if settings.server.intake_listen is None or settings.source is None:
+        return None
+    await queue.listen_to_others()
+
+    def nudged() -> None:
+        queue.others_queued()
+        gates.poke()
+
+    asyncio.get_running_loop().add_signal_handler(NUDGE, nudged)
+    processes = IntakeProcesses(intake_command(settings.source), settings.server.intake_processes)
+    processes.start()
+    log.info(
+        "webhooks also on http://%s, answered by %d intake process(es)",
+        settings.server.intake_listen,
+        settings.server.intake_processes,
+    )
+    return processes
 
 
 async def start_work(engine: Engine, queue: JobQueue) -> bool:

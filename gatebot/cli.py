@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write every project's nginx files into conf_dir (then test and reload nginx)",
     )
     commands.add_parser("serve", help="run the webhook server and the deploy queue")
+    commands.add_parser(
+        "intake", help="one of serve's webhook intake processes ([server] intake_listen)"
+    )
     reconcile = commands.add_parser(
         "reconcile", help="repair Docker and nginx state from the database (also run at start)"
     )
@@ -156,6 +159,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return check_config(settings, console)
         if args.command == "serve":
             return serve(settings, verbose=args.verbose)
+        if args.command == "intake":
+            from gatebot.intake_process import run_intake
+
+            return run_intake(settings)
         if args.command == "token":
             return asyncio.run(cmd_token(settings, args, console))
         return asyncio.run(run_command(settings, args, console))

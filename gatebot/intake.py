@@ -106,18 +106,7 @@ def plan_push(settings: Settings, push: Push, allowed: frozenset[str] | None = N
     return Intake(jobs=[push_job(p, push.sha, origin) for p in tracked])
 
 
-NOT_NEWER = "older than the live commit"
-
-
-def forward_only(intake: Intake, not_newer: frozenset[str]) -> Intake:
-    """`intake` without the jobs of the projects in `not_newer`: those whose live commit, or
-    an older once-live one, is the pushed commit (a late or replayed delivery). Whether the
-    commit is an ancestor of the live one needs git: that is decided when the job runs
-    (`gatebot.pipeline.forward`)."""
-    kept = [job for job in intake.jobs if job.project not in not_newer]
-    if intake.jobs and not kept:
-        return Intake(ignored=NOT_NEWER)
-    return Intake(jobs=kept, ignored=intake.ignored, answer=intake.answer, project=intake.project)
+NOT_NEWER = "older than the live commit"  # why a push of a once-live commit queues nothing
 
 
 def push_job(project: ProjectSettings, sha: str, origin: Origin) -> NewJob:

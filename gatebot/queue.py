@@ -36,6 +36,9 @@ T = TypeVar("T")
 DISPATCH_RETRY_SECONDS = 0.5
 DISPATCH_RETRY_MAX_SECONDS = 30.0
 RECORD_RETRY_SECONDS: tuple[float, ...] = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0)
+# Jobs other processes queue are read at most this often: nudges that arrive meanwhile are
+# read in one batch (one query for many deliveries under load), at most this late.
+OTHERS_BATCH_SECONDS = 0.05
 
 JobRunner = Callable[[Engine, Job, list[Listener]], Awaitable[Deployment]]
 
@@ -72,6 +75,12 @@ class JobQueue:
         self._stop_requested = asyncio.Event()  # cuts a dispatcher's pause after a failure short
         self._idle = asyncio.Event()
         self._idle.set()
+        # Jobs other processes queue (gatebot/intake_process.py): the newest id announced, the
+        # ids this process queued itself since (announced by submit), and the nudge to look.
+        self._seen_up_to: int | None = None
+        self._own: set[int] = set()
+        self._others_queued = asyncio.Event()
+        self._listener: asyncio.Task[None] | None = None
 
     # --- submitting -----------------------------------------------------------------------
 
@@ -81,11 +90,15 @@ class JobQueue:
         *,
         delivery: tuple[str, str, str, str | None] | None = None,
         supersede: bool = False,
+        forward_only: bool = False,
     ) -> list[Job]:
-        """Write the jobs durably (raises DuplicateDelivery for a redelivery), then wake up."""
+        """Write the jobs durably (raises DuplicateDelivery for a redelivery), then wake up.
+        With `forward_only`, a job of a commit not newer than the live one is left out."""
         created, superseded = await self.engine.store.jobs.enqueue_superseding(
-            jobs, delivery=delivery, supersede=supersede
+            jobs, delivery=delivery, supersede=supersede, forward_only=forward_only
         )
+        if self._seen_up_to is not None:
+            self._own.update(job.id for job in created)
         for job in created:
             # A webhook's jobs are logged once, by the webhook handler with the delivery's id;
             # a second line per delivery here cost a sixth of intake throughput (scripts/bench).
@@ -108,6 +121,54 @@ class JobQueue:
 
     def wake(self) -> None:
         self._wake.set()
+
+    # --- jobs queued by other processes ---------------------------------------------------
+
+    async def listen_to_others(self) -> None:
+        """From now on, jobs other processes write to the jobs table are announced to the
+        observers (a "queued" commit status, a gate looked at) after `others_queued()`, in the
+        order they were committed, and then run like any other."""
+        if self._listener is None:
+            self._seen_up_to = await self.engine.store.jobs.last_id()
+            self._listener = asyncio.create_task(self._hear_others(), name="gatebot-others")
+
+    def others_queued(self) -> None:
+        """Another process queued jobs or heard checks change (safe from a signal handler:
+        nudges coalesce)."""
+        self._others_queued.set()
+
+    async def _hear_others(self) -> None:
+        while True:
+            await self._others_queued.wait()
+            self._others_queued.clear()
+            try:
+                await self._announce_others()
+            except Exception as exc:  # a locked database: the next nudge reads them all
+                log.error("could not read the jobs other processes queued: %s", exc)
+                await asyncio.sleep(DISPATCH_RETRY_SECONDS)
+                self._others_queued.set()
+            self.wake()
+            await asyncio.sleep(OTHERS_BATCH_SECONDS)
+
+    async def _announce_others(self) -> None:
+        assert self._seen_up_to is not None
+        jobs = self.engine.store.jobs
+        new = await jobs.created_after(self._seen_up_to)
+        if not new:
+            return
+        superseded = await jobs.superseded_since(self._seen_up_to)
+        superseded += [job for job in new if job.state is JobState.SUPERSEDED]
+        replaced: dict[int, list[Job]] = {}
+        for old in superseded:
+            replaced.setdefault(old.superseded_by or 0, []).append(old)
+        for job in new:
+            if job.id in self._own:
+                self._own.discard(job.id)
+                continue
+            await self._notify("job_queued", job)
+            for old in replaced.get(job.id, []):
+                await self._notify("job_superseded", old, job)
+        self._seen_up_to = max(self._seen_up_to, new[-1].id)
 
     async def announce(self, method: str, *args: object) -> None:
         """Tell the observers of a change made outside the queue (a gate opened or failed)."""
@@ -147,6 +208,11 @@ class JobQueue:
         self._stopping = True
         self._stop_requested.set()
         self.wake()
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
         dispatcher, self._dispatcher = self._dispatcher, None
         if dispatcher is not None:
             await asyncio.wait([dispatcher])  # it may have died: stopping goes on regardless

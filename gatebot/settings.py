@@ -71,15 +71,36 @@ class ServerSettings(_Model):
     # The watchdog (gatebot/watchdog.py) reconciles every project this often while serving,
     # and follows Docker's events; 0 turns it off (only start-up and each job reconcile).
     reconcile_interval: float = Field(30.0, ge=0)
+    # Webhooks also on an address of their own, answered by `intake_processes` processes that
+    # share it (SO_REUSEPORT) and the database (gatebot/intake_process.py): more deliveries
+    # per second than one core answers. Unset: webhooks are answered on `listen` alone.
+    intake_listen: str | None = None
+    intake_processes: int = Field(2, ge=1, le=32)
 
-    @field_validator("listen")
+    @field_validator("listen", "intake_listen")
     @classmethod
-    def _host_port(cls, value: str) -> str:
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         host, sep, port = value.rpartition(":")
         number = parse_count(port, high=65535)
         if not sep or not host or not number:
             raise ValueError("must be HOST:PORT, for example 127.0.0.1:8088")
         return value
+
+    @model_validator(mode="after")
+    def _intake_apart(self) -> ServerSettings:
+        if self.intake_listen is not None and self.intake_listen == self.listen:
+            raise ValueError("intake_listen must be another address than listen")
+        return self
+
+    @property
+    def intake_address(self) -> tuple[str, int] | None:
+        """(host, port) of intake_listen, when set."""
+        if self.intake_listen is None:
+            return None
+        host, _, port = self.intake_listen.rpartition(":")
+        return host.strip("[]"), int(port)
 
     @property
     def host(self) -> str:

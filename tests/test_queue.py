@@ -27,6 +27,7 @@ from gatebot.pipeline.jobs import run_job
 from gatebot.pipeline.journal import Listener
 from gatebot.queue import JobQueue, JobRunner
 from gatebot.settings import QueueSettings
+from gatebot.store import Store
 from gatebot.store.deployments import Deployment
 from gatebot.store.jobs import Job, NewJob
 from gatebot.wiring import open_engine
@@ -427,3 +428,59 @@ async def test_a_job_that_fails_outside_a_stage_names_a_known_cause(
     await asyncio.wait_for(queue.drain(), 10)
     row = await engine.store.jobs.require(job.id)
     assert (row.state, row.error) == ("failed", error)
+
+
+# --- jobs another process queued ----------------------------------------------------------------
+
+
+class Heard:
+    """An observer noting the queued and superseded jobs it hears of, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, int, int | None]] = []
+
+    async def job_queued(self, job: Job) -> None:
+        self.events.append(("queued", job.id, None))
+
+    async def job_superseded(self, job: Job, by: Job) -> None:
+        self.events.append(("superseded", job.id, by.id))
+
+    async def job_started(self, job: Job) -> None: ...
+    def job_event(self, job: Job, event: Any) -> None: ...
+    async def job_finished(self, job: Job, deployment: Deployment | None) -> None: ...
+
+
+async def test_jobs_another_process_queued_are_announced_once_in_commit_order(
+    engine: Engine, make_queue: QueueFactory, workspace: Workspace
+) -> None:
+    """What an intake process commits (here: another connection to the same database) is
+    announced after a nudge, with what each job superseded; the queue's own job is not
+    announced twice, and a nudge with nothing new announces nothing."""
+    heard = Heard()
+    queue = make_queue(Gate(), observers=[heard], paused=True)
+    await queue.listen_to_others()
+    [own] = await queue.submit([deploy_job(workspace.name, "a" * 40)], supersede=True)
+    other = await Store.open(engine.store.db.path)
+    try:
+        jobs = other.jobs
+        [first], _ = await jobs.enqueue_superseding(
+            [deploy_job(workspace.name, "b" * 40)], supersede=True
+        )
+        [second], _ = await jobs.enqueue_superseding(
+            [deploy_job(workspace.name, "c" * 40)], supersede=True
+        )
+    finally:
+        await other.close()
+    assert heard.events == [("queued", own.id, None)]
+    queue.others_queued()
+    await wait_until(lambda: len(heard.events) >= 5)
+    assert heard.events == [
+        ("queued", own.id, None),
+        ("queued", first.id, None),
+        ("superseded", own.id, first.id),
+        ("queued", second.id, None),
+        ("superseded", first.id, second.id),
+    ]
+    queue.others_queued()
+    await asyncio.sleep(0.3)
+    assert len(heard.events) == 5

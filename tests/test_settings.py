@@ -315,6 +315,23 @@ def test_server_listen_must_be_host_port(tmp_path: Path, listen: str) -> None:
     )
 
 
+def test_intake_listen_is_host_port_apart_from_listen_and_processes_bounded(
+    tmp_path: Path,
+) -> None:
+    assert "server.intake_listen: must be HOST:PORT" in config_error(
+        {"server": {"intake_listen": "8089"}}, tmp_path
+    )
+    same = {"server": {"listen": "127.0.0.1:8088", "intake_listen": "127.0.0.1:8088"}}
+    assert "intake_listen must be another address than listen" in config_error(same, tmp_path)
+    assert "server.intake_processes" in config_error(
+        {"server": {"intake_listen": "127.0.0.1:8089", "intake_processes": 0}}, tmp_path
+    )
+    settings = parse({"server": {"intake_listen": "[::1]:8089"}}, tmp_path)
+    assert settings.server.intake_address == ("::1", 8089)
+    assert settings.server.intake_processes == 2
+    assert parse({}, tmp_path).server.intake_address is None
+
+
 # --- nginx site -------------------------------------------------------------------------
 
 

@@ -19,19 +19,19 @@ from collections.abc import Callable
 from aiohttp import web
 
 from gatebot.api.errors import ApiError, json_answer
-from gatebot.api.keys import ENGINE, FEEDBACK, GATES, QUEUE, SETTINGS, WEBHOOK_OUTCOME
+from gatebot.api.keys import FEEDBACK, RECORDER, SETTINGS, WEBHOOK_OUTCOME
 from gatebot.errors import GatebotError
 from gatebot.events import ChecksChanged, CommentCommand, Event, Ignored, Ping, Push
 from gatebot.forges.errors import WebhookRejected
 from gatebot.forges.github import sansio as github
 from gatebot.forges.gitlab import sansio as gitlab
 from gatebot.intake import (
+    NOT_NEWER,
     Candidate,
     CommentAsk,
     Intake,
     ReleaseFacts,
     candidate_secrets,
-    forward_only,
     has_own_secrets,
     plan_checks,
     plan_push,
@@ -136,14 +136,6 @@ async def release_facts(deployments: Deployments, project: str, sha: str) -> Rel
     )
 
 
-async def push_intake(request: web.Request, event: Push, allowed: frozenset[str] | None) -> Intake:
-    """The jobs a push asks for, without those that would move a project backwards."""
-    intake = plan_push(request.app[SETTINGS], event, allowed)
-    deployments = request.app[ENGINE].store.deployments
-    old = {j.project for j in intake.jobs if await deployments.not_newer(j.project, event.sha)}
-    return forward_only(intake, frozenset(old))
-
-
 async def comment_intake(
     request: web.Request, event: CommentCommand, allowed: frozenset[str] | None
 ) -> tuple[Intake, bool | None]:
@@ -151,7 +143,7 @@ async def comment_intake(
     Only the database and the forge's permission answer are consulted, never Docker."""
     first = read_comment(request.app[SETTINGS], event, allowed)
     if isinstance(first, CommentAsk):
-        facts = await release_facts(request.app[ENGINE].store.deployments, first.project, event.sha)
+        facts = await release_facts(request.app[RECORDER].deployments, first.project, event.sha)
         intake = plan_rollback(event, first, facts)
     else:
         intake = first
@@ -172,8 +164,8 @@ async def accept(
         intake = Intake(ignored="ping")
     elif isinstance(event, Ignored):
         name, intake = event.event_name, Intake(ignored=event.reason)
-    elif isinstance(event, Push):
-        intake = await push_intake(request, event, allowed)
+    elif isinstance(event, Push):  # a commit not newer than the live one is left out below
+        intake = plan_push(settings, event, allowed)
     elif isinstance(event, CommentCommand):
         intake, permitted = await comment_intake(request, event, allowed)
     elif isinstance(event, ChecksChanged):
@@ -188,8 +180,11 @@ async def accept(
     # The write goes on if the answer cannot wait for it (shielded): when it lands, the queue
     # is woken and hears of the jobs as usual, and the forge's redelivery is a duplicate.
     recording = asyncio.ensure_future(
-        request.app[QUEUE].submit(
-            jobs, delivery=(event.forge, event.delivery_id, name, digest), supersede=True
+        request.app[RECORDER].submit(
+            jobs,
+            delivery=(event.forge, event.delivery_id, name, digest),
+            supersede=True,
+            forward_only=isinstance(event, Push),
         )
     )
     try:
@@ -214,10 +209,13 @@ async def accept(
     if isinstance(event, CommentCommand) and intake.project is not None:
         answer_comment(request, event, intake, permitted)
     if isinstance(event, ChecksChanged):
-        request.app[GATES].poke()  # the verdict is read from the forge's API, never the payload
+        # the verdict is read from the forge's API, never the payload
+        request.app[RECORDER].checks_changed()
     if isinstance(event, Ping):
         request[WEBHOOK_OUTCOME] = "ping"
         return json_answer({"ok": True, "event": "ping"})
+    if not created and jobs:  # each of a commit not newer than its project's live one
+        reason = NOT_NEWER
     if not created:
         log.info("%s delivery %s ignored: %s", event.forge, event.delivery_id, reason, extra=extra)
         request[WEBHOOK_OUTCOME] = "ignored"

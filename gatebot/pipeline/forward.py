@@ -1,13 +1,14 @@
 """Never move backwards: a push (or polled) deploy job whose commit is not newer than what is
 live ends superseded instead of deploying, and between pending jobs the descendant wins.
 
-Webhook intake already ignores a push of a commit that was live once (database only, see
-`gatebot.intake.forward_only`). What needs git is decided here, when the job runs: under the
-project's lock, after a fetch, ``git merge-base --is-ancestor`` says whether the job's commit
-is an ancestor of the live one (a late or replayed delivery: not deployed), and whether a job
-it superseded on arrival holds a descendant of its commit (deliveries that arrived out of
-order: that job is put back in the queue and this one ends superseded by it). A force push (a
-commit that is no descendant of the live one, nor its ancestor) deploys as usual. Operators'
+Webhook intake already ignores a push of a commit that was live once (database only, in the
+transaction that records the delivery: `Jobs.enqueue_superseding(forward_only=True)`). What
+needs git is decided here, when the job runs: under the project's lock, after a fetch,
+``git merge-base --is-ancestor`` says whether the job's commit is an ancestor of the live one
+(a late or replayed delivery: not deployed), and whether a job it superseded on arrival holds
+a descendant of its commit (deliveries that arrived out of order: that job is put back in the
+queue and this one ends superseded by it). A force push (a commit that is no descendant of
+the live one, nor its ancestor) deploys as usual. Operators'
 explicit deploys (API, CLI) and rollbacks never come here.
 """
 

@@ -8,6 +8,7 @@ messages, errors and step output that only gatebot's user should read.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import queue
@@ -118,6 +119,7 @@ class Database:
         self._write = asyncio.Lock()
         self._direct: sqlite3.Connection | None = None  # see write_in_thread; opened there
         self._direct_thread: _WriteThread | None = None
+        self._turns = -1  # the flock file of write_in_thread's writers, opened with _direct
 
     @classmethod
     async def open(cls, path: Path) -> Database:
@@ -173,21 +175,30 @@ class Database:
             for pragma in pragmas:
                 conn.execute(f"PRAGMA {pragma}")
             self._direct = conn
+            # Processes that commit deliveries at the same time (serve's intake processes)
+            # take turns through this lock: a waiter is woken the moment the other commits,
+            # where SQLite's busy handler would sleep for milliseconds and poll.
+            self._turns = os.open(f"{self.path}-writers", os.O_RDWR | os.O_CREAT, 0o600)
         conn = self._direct
-        conn.execute("BEGIN IMMEDIATE")
+        fcntl.flock(self._turns, fcntl.LOCK_EX)
         try:
-            result = fn(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        finally:
+            fcntl.flock(self._turns, fcntl.LOCK_UN)
         return result
 
     def _close_direct(self) -> None:
         if self._direct is not None:
             self._direct.close()
             self._direct = None
+            os.close(self._turns)
 
     async def schema_version(self) -> int:
         row = await self.fetchone("PRAGMA user_version")

@@ -12,6 +12,14 @@ from gatebot.model import Color, Slot, Status, check_transition
 from gatebot.numbers import parse_count
 from gatebot.store.db import Database, utcnow
 
+# Whether a commit (project, sha, project) is the live one or that of a release older than
+# the live one that was live once: a push of it would move the project backwards.
+NOT_NEWER_SQL = (
+    "SELECT COUNT(*) FROM deployments WHERE project = ? AND commit_sha = ?"
+    " AND (status = 'ACTIVE' OR (status = 'ROLLED_BACK' AND version < (SELECT version"
+    " FROM deployments WHERE project = ? AND status = 'ACTIVE')))"
+)
+
 
 @dataclass(frozen=True)
 class Deployment:
@@ -160,12 +168,7 @@ class Deployments:
     async def not_newer(self, project: str, sha: str) -> bool:
         """Whether `sha` is the live commit or that of a release older than the live one that
         was live once (a push of it would move the project backwards)."""
-        row = await self.db.fetchone(
-            "SELECT COUNT(*) FROM deployments WHERE project = ? AND commit_sha = ?"
-            " AND (status = 'ACTIVE' OR (status = 'ROLLED_BACK' AND version < (SELECT version"
-            " FROM deployments WHERE project = ? AND status = 'ACTIVE')))",
-            (project, sha, project),
-        )
+        row = await self.db.fetchone(NOT_NEWER_SQL, (project, sha, project))
         return bool(row and row[0])
 
     async def any_recorded(self) -> bool:

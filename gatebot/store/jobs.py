@@ -21,6 +21,7 @@ import orjson
 from gatebot.errors import GatebotError
 from gatebot.model import LIVE_ONCE, JobKind, JobState, Origin, Status
 from gatebot.store.db import Database, utcnow
+from gatebot.store.deployments import NOT_NEWER_SQL
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,7 @@ class _Pending:
     jobs: list[NewJob]
     delivery: tuple[str, str, str, str | None] | None
     supersede: bool
+    forward_only: bool  # leave out a job of a commit not newer than the live one
     future: asyncio.Future[_Outcome]
 
 
@@ -154,19 +156,29 @@ def _enqueue_rows(
     conn: sqlite3.Connection, pending: _Pending, now: str, origins: dict[int, Origin]
 ) -> _Outcome:
     """`pending`'s rows; a queued deploy it supersedes was usually created earlier in the same
-    batch, and then its origin is taken from `origins` instead of parsed again."""
+    batch, and then its origin is taken from `origins` instead of parsed again. With
+    `forward_only`, a job whose commit is not newer than its project's live one is left out,
+    decided in the same transaction (and without a read of its own per delivery)."""
+    jobs = pending.jobs
+    if pending.forward_only:
+        jobs = [
+            job
+            for job in jobs
+            if job.sha is None
+            or not conn.execute(NOT_NEWER_SQL, (job.project, job.sha, job.project)).fetchone()[0]
+        ]
     if pending.delivery is not None:
         forge, delivery_id, event, digest = pending.delivery
         recorded = conn.execute(
             "INSERT OR IGNORE INTO deliveries (forge, delivery_id, event, outcome, received_at,"
             " body_sha256) VALUES (?, ?, ?, ?, ?, ?) RETURNING delivery_id",
-            (forge, delivery_id, event, "queued" if pending.jobs else "ignored", now, digest),
+            (forge, delivery_id, event, "queued" if jobs else "ignored", now, digest),
         ).fetchall()
         if not recorded:
             raise DuplicateDelivery(f"delivery {delivery_id} (or its body) was received before")
     created: list[Job] = []
     superseded: list[tuple[Job, Job]] = []
-    for job in pending.jobs:
+    for job in jobs:
         [(job_id,)] = conn.execute(
             "INSERT INTO jobs (project, kind, sha, target, state, trigger, delivery_id,"
             " context, created_at, updated_at, gate)"
@@ -282,6 +294,27 @@ class Jobs:
         rows = list(rows)
         return Job.from_row(rows[0]) if rows else None
 
+    async def last_id(self) -> int:
+        """The newest job's id (0 when there is none)."""
+        row = await self.db.fetchone("SELECT COALESCE(MAX(id), 0) FROM jobs")
+        return int(row[0]) if row else 0
+
+    async def created_after(self, job_id: int) -> list[Job]:
+        """Every job newer than `job_id`, oldest first: ids follow commit order (one writer at
+        a time), so what another process queued since is exactly this."""
+        rows = await self.db.fetchall("SELECT * FROM jobs WHERE id > ? ORDER BY id", (job_id,))
+        return [Job.from_row(r) for r in rows]
+
+    async def superseded_since(self, job_id: int) -> list[Job]:
+        """The jobs up to `job_id` that a newer one superseded since, oldest first (the newer
+        ones that were superseded come with `created_after`)."""
+        rows = await self.db.fetchall(
+            "SELECT * FROM jobs INDEXED BY jobs_superseded_by WHERE superseded_by > ?"
+            " AND id <= ? ORDER BY id",
+            (job_id, job_id),
+        )
+        return [Job.from_row(r) for r in rows if r["state"] == JobState.SUPERSEDED]
+
     async def superseded_by(self, job_id: int) -> list[Job]:
         """The jobs `job_id` superseded when it arrived, oldest first."""
         rows = await self.db.fetchall(
@@ -336,6 +369,7 @@ class Jobs:
         *,
         delivery: tuple[str, str, str, str | None] | None = None,
         supersede: bool = False,
+        forward_only: bool = False,
     ) -> tuple[list[Job], list[tuple[Job, Job]]]:
         """`enqueue`, also returning the (superseded job, newer job) pairs.
 
@@ -345,7 +379,7 @@ class Jobs:
         that commit, with the rows its own INSERT and UPDATE returned, never from a later read.
         """
         future: asyncio.Future[_Outcome] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(list(jobs), delivery, supersede, future))
+        self._pending.append(_Pending(list(jobs), delivery, supersede, forward_only, future))
         if self._committer is None or self._committer.done():
             self._committer = asyncio.create_task(self._commit_pending())
         return await future

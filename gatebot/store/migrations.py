@@ -140,4 +140,9 @@ MIGRATIONS: list[str] = [
     CREATE INDEX jobs_state ON jobs (state, project);
     CREATE INDEX jobs_project ON jobs (project, id)
     """,
+    # 6: the jobs a batch of new ones superseded, found without a scan (JobQueue's
+    # listen_to_others reads them for every batch an intake process commits)
+    """
+    CREATE INDEX jobs_superseded_by ON jobs (superseded_by) WHERE superseded_by IS NOT NULL
+    """,
 ]

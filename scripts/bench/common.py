@@ -204,6 +204,7 @@ def write_config(
     projects: list[dict[str, Any]],
     listen_port: int | None = None,
     queue: dict[str, Any] | None = None,
+    server: dict[str, Any] | None = None,
 ) -> Path:
     """A gatebot TOML file: server, github secret, nginx, queue and the projects."""
     listen = f"{LOOPBACK}:{listen_port}" if listen_port is not None else None
@@ -212,7 +213,7 @@ def write_config(
         data_dir,
         projects,
         nginx=nginx,
-        server={"listen": listen},
+        server={"listen": listen, **(server or {})},
         github={"webhook_secret": SECRET},
         queue=queue or {},
     )

@@ -84,11 +84,11 @@ def pool_size(seconds: float) -> int:
 
 
 def load(
-    folder: Path, name: str, url: str, args: Any, pid: int, profile: bool
+    folder: Path, name: str, url: str, args: Any, pids: list[int], profile: bool
 ) -> tuple[WrkResult, float]:
     """A one-second warm-up, then the measured run (its acknowledged job ids collected);
-    returns wrk's result and the CPU seconds the server `pid` used meanwhile. With `profile`,
-    py-spy samples the server during the run."""
+    returns wrk's result and the CPU seconds the server's processes `pids` used meanwhile. With
+    `profile`, py-spy samples the first during the run."""
     conns, secs = args.connections, args.seconds
     Wrk(
         folder,
@@ -107,11 +107,14 @@ def load(
         seconds=secs,
         collect=True,
     )
-    cpu = common.cpu_seconds(pid)
+    before = [common.cpu_seconds(pid) for pid in pids]
     wrk.start()
-    spy = pyspy.record(pid, secs - 1, folder / f"{name}.stacks") if profile else None
+    spy = pyspy.record(pids[0], secs - 1, folder / f"{name}.stacks") if profile else None
     result = wrk.wait()
-    cpu = common.cpu_seconds(pid) - cpu
+    used = [common.cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True)]
+    cpu = sum(used)
+    if len(pids) > 1:
+        print(f"  CPU s by process (serve first): {', '.join(f'{u:.2f}' for u in used)}")
     if spy is not None:
         spy.wait(timeout=60)
         stacks = folder / f"{name}.stacks"
@@ -136,11 +139,19 @@ PROFILES: dict[str, Any] = {}
 # --- gatebot ---------------------------------------------------------------------------------
 
 
-def gatebot_run(ws: Path, name: str, args: Any) -> dict[str, Any]:
+def gatebot_run(ws: Path, name: str, args: Any, intake_processes: int = 0) -> dict[str, Any]:
+    """`gatebot serve` under load: its own webhook route, or with `intake_processes` intake
+    processes on [server] intake_listen (CPU and RSS then summed over serve and them)."""
     data_dir = ws / name
     port = common.free_port()
     nginx = common.Nginx(ws / "nginx")  # never started: a paused queue deploys nothing
     project = common.project_config("bench", f"file://{ws}/none.git", common.free_port_pair())
+    intake_port = common.free_port() if intake_processes else None
+    server_table = (
+        {"intake_listen": f"{common.LOOPBACK}:{intake_port}", "intake_processes": intake_processes}
+        if intake_processes
+        else {}
+    )
     config = common.write_config(
         ws / f"{name}.toml",
         data_dir=data_dir,
@@ -148,22 +159,46 @@ def gatebot_run(ws: Path, name: str, args: Any) -> dict[str, Any]:
         projects=[project],
         listen_port=port,
         queue={"paused": True},
+        server=server_table,
     )
     server = common.Server(config, port, ws / f"{name}.log").start()
     try:
+        base = server.url
+        if intake_port is not None:
+            base = f"http://{common.LOOPBACK}:{intake_port}"
+            wait_intake(base, intake_processes)
         profile = name.endswith("-profile")
-        url = server.url + "/webhooks/github"
-        result, cpu = load(ws, name, url, args, server.pid, profile)
+        pids = [server.pid, *intake_pids(server.pid)]
+        result, cpu = load(ws, name, base + "/webhooks/github", args, pids, profile)
         settle(data_dir / "gatebot.db")
-        rss_kb = common.proc_status(server.pid, "VmRSS")
+        rss_kb = sum(common.proc_status(pid, "VmRSS") for pid in pids)
         rows = check_rows(data_dir / "gatebot.db", result)
-        rows["redelivered_as_duplicate"] = redeliver(server.url, data_dir / "gatebot.db")
+        rows["redelivered_as_duplicate"] = redeliver(base, data_dir / "gatebot.db")
     finally:
         rows_exit = server.stop()
     after = check_rows(data_dir / "gatebot.db", result)
     rows["missing_after_stop"] = after["missing"]
     rows["exit_code"] = rows_exit
     return {"wrk": result, "cpu_s": cpu, "rss_mb": rss_kb / 1024, "rows": rows}
+
+
+def intake_pids(serve_pid: int) -> list[int]:
+    children = Path(f"/proc/{serve_pid}/task/{serve_pid}/children").read_text().split()
+    return [int(c) for c in children]
+
+
+def wait_intake(base: str, count: int, timeout: float = 30) -> None:
+    """Until `count` distinct intake processes have answered /healthz."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while len(seen) < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {len(seen)} of {count} intake processes answered")
+        status, body = common.http_get(base + "/healthz", timeout=2)
+        if status == 200:
+            seen.add(json.loads(body)["intake"])
+        else:
+            time.sleep(0.1)
 
 
 def settle(db: Path, seconds: float = 5) -> None:
@@ -275,7 +310,7 @@ def webhook_run(ws: Path, name: str, args: Any) -> dict[str, Any]:
     try:
         common.wait_http(f"http://{common.LOOPBACK}:{port}/", interval=0.05, timeout=30)
         url = f"http://{common.LOOPBACK}:{port}/hooks/github"
-        result, cpu = load(ws, name, url, args, proc.pid, False)
+        result, cpu = load(ws, name, url, args, [proc.pid], False)
         rss_kb = common.proc_status(proc.pid, "VmRSS")
     finally:
         proc.terminate()
@@ -305,6 +340,9 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, floa
     return out
 
 
+GATEBOT, INTAKE, WEBHOOK = "gatebot", "gatebot+intake", "webhook"
+
+
 def main(argv: list[str]) -> int:
     import argparse
 
@@ -314,29 +352,40 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--seconds", type=float)
+    parser.add_argument(
+        "--intake-processes", type=int, default=2, help="[server] intake_processes (default 2)"
+    )
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy run")
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.seconds = args.seconds or (3 if args.quick else 10)
-    runs: dict[str, list[dict[str, Any]]] = {"gatebot": [], "webhook": []}
-    ratios: dict[str, list[float]] = {"rps": [], "p99": []}
+    servers = [GATEBOT, INTAKE, WEBHOOK]
+    runs: dict[str, list[dict[str, Any]]] = {server: [] for server in servers}
+    ratios: dict[str, list[float]] = {"rps": [], "p99": [], "rps_serve": [], "p99_serve": []}
     with common.workspace("intake", keep=args.keep) as (ws, _stack):
         for index in range(args.rounds):
-            order = ["gatebot", "webhook"] if index % 2 == 0 else ["webhook", "gatebot"]
+            order = servers[index % 3 :] + servers[: index % 3]  # each goes first once in 3
             for server in order:
-                run = gatebot_run if server == "gatebot" else webhook_run
                 started = time.monotonic()
-                runs[server].append(run(ws, f"{server}-{index + 1}", args))
-                last = runs[server][-1]["wrk"]
+                name = f"{server.replace('+', '-')}-{index + 1}"
+                if server == WEBHOOK:
+                    result = webhook_run(ws, name, args)
+                else:
+                    processes = args.intake_processes if server == INTAKE else 0
+                    result = gatebot_run(ws, name, args, processes)
+                runs[server].append(result)
+                last = result["wrk"]
                 print(
-                    f"round {index + 1} {server:<8} {last.rps:8.0f} req/s  "
+                    f"round {index + 1} {server:<14} {last.rps:8.0f} req/s  "
                     f"p50 {last.latency_ms['p50']:6.2f} ms  p99 {last.latency_ms['p99']:6.2f} ms  "
                     f"({time.monotonic() - started:.0f}s)",
                     flush=True,
                 )
-            g, h = runs["gatebot"][-1]["wrk"], runs["webhook"][-1]["wrk"]
-            ratios["rps"].append(common.ratio(g.rps, h.rps))
-            ratios["p99"].append(common.ratio(g.latency_ms["p99"], h.latency_ms["p99"]))
+            h = runs[WEBHOOK][-1]["wrk"]
+            for key, server in (("", INTAKE), ("_serve", GATEBOT)):
+                g = runs[server][-1]["wrk"]
+                ratios["rps" + key].append(common.ratio(g.rps, h.rps))
+                ratios["p99" + key].append(common.ratio(g.latency_ms["p99"], h.latency_ms["p99"]))
         if pyspy.available() and not args.no_profile:
             gatebot_run(ws, "gatebot-profile", args)
     report(args, runs, ratios)
@@ -361,17 +410,20 @@ def report(
         for name, m in medians.items()
     ]
     rps_ratio, p99_ratio = common.median(ratios["rps"]), common.median(ratios["p99"])
-    cpu_ratio = common.ratio(
-        medians["gatebot"]["cpu_ms_per_request"], medians["webhook"]["cpu_ms_per_request"]
-    )
-    rows.append(["gatebot / webhook", rps_ratio, "", p99_ratio, "", "", cpu_ratio, ""])
+    for server, key in ((INTAKE, ""), (GATEBOT, "_serve")):
+        cpu_ratio = common.ratio(
+            medians[server]["cpu_ms_per_request"], medians[WEBHOOK]["cpu_ms_per_request"]
+        )
+        rps, p99 = common.median(ratios["rps" + key]), common.median(ratios["p99" + key])
+        rows.append([f"{server} / webhook", rps, "", p99, "", "", cpu_ratio, ""])
     common.print_table(
         f"Webhook intake: {args.connections} connections, {args.seconds:g} s per run, "
-        f"{args.rounds} round(s) interleaved; medians (ratios: median of per-round ratios)",
+        f"{args.rounds} round(s) interleaved; gatebot+intake: {args.intake_processes} intake "
+        "processes; medians (ratios: median of per-round ratios)",
         ["server", "req/s", "p50 ms", "p99 ms", "sock err", "non-2xx", "CPU ms/req", "RSS MB"],
         rows,
     )
-    checks = [r["rows"] for r in runs["gatebot"]]
+    checks = [r["rows"] for server in (GATEBOT, INTAKE) for r in runs[server]]
     acked = sum(c["acknowledged_jobs"] for c in checks)
     missing = sum(c["missing"] + c["missing_after_stop"] for c in checks)
     print(
@@ -385,19 +437,25 @@ def report(
         "p99_lower_than_webhook": p99_ratio < 1.0,
         "nothing_lost": missing == 0 and acked > 0,
     }
-    print("targets: " + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in targets.items()))
+    print(
+        f"targets ({INTAKE}): "
+        + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in targets.items())
+    )
     common.write_result(
         "intake",
         {
             "settings": {
+                "intake_processes": args.intake_processes,
                 "connections": args.connections,
                 "seconds": args.seconds,
                 "rounds": args.rounds,
             },
             "medians": medians,
             "ratios": {
-                "rps_gatebot_over_webhook": rps_ratio,
-                "p99_gatebot_over_webhook": p99_ratio,
+                "rps_intake_over_webhook": rps_ratio,
+                "p99_intake_over_webhook": p99_ratio,
+                "rps_serve_over_webhook": common.median(ratios["rps_serve"]),
+                "p99_serve_over_webhook": common.median(ratios["p99_serve"]),
             },
             "per_round_ratios": ratios,
             "targets": targets,
