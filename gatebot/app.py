@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
@@ -122,6 +123,8 @@ def create_app(
             app[GATES] = gates
             app[RECORDER] = Recorder(engine.store.deployments, queue.submit, gates.poke)
             gates.start()  # waiting jobs are looked at again at once: they survive a restart
+            # before the poller: what it queues is then never announced twice
+            intake = await start_intake_processes(settings, queue, gates)
             poller = Poller(settings, engine, queue)
             poller.start()  # the branch heads at once, then every poll_interval
             watchdog = Watchdog(
@@ -132,7 +135,6 @@ def create_app(
             starter: asyncio.Task[None] | None = None
             if not await start_work(engine, queue):
                 starter = asyncio.create_task(retry_start(engine, queue))
-            intake = await start_intake_processes(settings, queue, gates)
             pruner = asyncio.create_task(prune_deliveries(engine, settings))
             swarm = settings.swarm
             refresher = (
@@ -144,6 +146,7 @@ def create_app(
             if intake is not None:
                 await intake.stop()
                 asyncio.get_running_loop().remove_signal_handler(NUDGE)
+                signal.signal(NUDGE, signal.SIG_IGN)  # a late nudge must not end serve
             for task in (starter, pruner, refresher):
                 if task is not None:
                     task.cancel()
@@ -164,7 +167,10 @@ async def start_intake_processes(
 ) -> IntakeProcesses | None:
     """With [server] intake_listen: hear their nudges (new jobs, or checks that changed), then
     start them (gatebot/intake_process.py)."""
-    if settings.server.intake_listen is None or settings.source is None:
+    if settings.server.intake_listen is None:
+        return None
+    if settings.source is None:  # settings built in code: no file for the processes to read
+        log.warning("[server] intake_listen is set but there is no configuration file: no intake")
         return None
     await queue.listen_to_others()
 

@@ -183,15 +183,27 @@ class IntakeProcesses:
         while not self._stopping:
             started = time.monotonic()
             try:
+                # A session of its own: a Ctrl-C to serve's terminal reaches serve alone,
+                # which stops them in order (stop()).
                 process = await asyncio.create_subprocess_exec(
-                    *self.command, env=env, stdin=asyncio.subprocess.DEVNULL
+                    *self.command,
+                    env=env,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    start_new_session=True,
                 )
             except OSError as exc:
                 log.error("cannot start intake process %d: %s", index, exc)
             else:
                 self.processes[index] = process
                 log.info("intake process %d started (pid %d)", index, process.pid)
-                code = await process.wait()
+                try:
+                    if self._stopping:  # stop() began while this one was starting
+                        process.terminate()
+                    code = await process.wait()
+                finally:
+                    if process.returncode is None:  # cancelled while it runs: never an orphan
+                        process.kill()
+                        await asyncio.shield(process.wait())
                 if self._stopping:
                     return
                 log.warning(

@@ -37,8 +37,11 @@ DISPATCH_RETRY_SECONDS = 0.5
 DISPATCH_RETRY_MAX_SECONDS = 30.0
 RECORD_RETRY_SECONDS: tuple[float, ...] = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0)
 # Jobs other processes queue are read at most this often: nudges that arrive meanwhile are
-# read in one batch (one query for many deliveries under load), at most this late.
+# read in one batch (one query for many deliveries under load), at most this late; and at
+# least every OTHERS_LOOK_SECONDS without a nudge (one lost with a process killed after its
+# commit: its 202 never went out, and the forge's redelivery is a duplicate).
 OTHERS_BATCH_SECONDS = 0.05
+OTHERS_LOOK_SECONDS = 5.0
 
 JobRunner = Callable[[Engine, Job, list[Listener]], Awaitable[Deployment]]
 
@@ -81,6 +84,7 @@ class JobQueue:
         self._own: set[int] = set()
         self._others_queued = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
+        self._announcing = asyncio.Lock()  # one reader of the others' jobs at a time
 
     # --- submitting -----------------------------------------------------------------------
 
@@ -99,6 +103,8 @@ class JobQueue:
         )
         if self._seen_up_to is not None:
             self._own.update(job.id for job in created)
+            # another process's job this one superseded is announced queued before that
+            await self._announce_others()
         for job in created:
             # A webhook's jobs are logged once, by the webhook handler with the delivery's id;
             # a second line per delivery here cost a sixth of intake throughput (scripts/bench).
@@ -139,7 +145,8 @@ class JobQueue:
 
     async def _hear_others(self) -> None:
         while True:
-            await self._others_queued.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._others_queued.wait(), OTHERS_LOOK_SECONDS)
             self._others_queued.clear()
             try:
                 await self._announce_others()
@@ -151,6 +158,15 @@ class JobQueue:
             await asyncio.sleep(OTHERS_BATCH_SECONDS)
 
     async def _announce_others(self) -> None:
+        """Announce what other processes queued since the last look, once each, in commit
+        order; before a job is run (`_dispatch_once`) or superseded here (`submit`), so its
+        "queued" status never comes after its later ones."""
+        if self._seen_up_to is None:
+            return
+        async with self._announcing:
+            await self._announce_others_now()
+
+    async def _announce_others_now(self) -> None:
         assert self._seen_up_to is not None
         jobs = self.engine.store.jobs
         new = await jobs.created_after(self._seen_up_to)
@@ -210,6 +226,10 @@ class JobQueue:
         self.wake()
         listener, self._listener = self._listener, None
         if listener is not None:
+            try:  # the last batch, so the next start (which looks only at newer jobs) has it
+                await self._announce_others()
+            except Exception as exc:
+                log.error("could not read the jobs other processes queued: %s", exc)
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
@@ -259,8 +279,10 @@ class JobQueue:
                 failures = 0
 
     async def _dispatch_once(self) -> None:
-        """Claim and start every job that may run now."""
+        """Claim and start every job that may run now (announced first, when another
+        process queued it)."""
         loop = asyncio.get_running_loop()
+        await self._announce_others()
         for job in await self.engine.store.jobs.queued():
             if len(self._running) >= self.settings.max_concurrent:
                 break

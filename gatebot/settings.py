@@ -55,6 +55,9 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "*"})  # every address: overlaps any other
+
+
 class ServerSettings(_Model):
     listen: str = "127.0.0.1:8088"
     data_dir: Path = Path("/var/lib/gatebot")
@@ -90,8 +93,11 @@ class ServerSettings(_Model):
 
     @model_validator(mode="after")
     def _intake_apart(self) -> ServerSettings:
-        if self.intake_listen is not None and self.intake_listen == self.listen:
-            raise ValueError("intake_listen must be another address than listen")
+        intake = self.intake_address
+        if intake is not None and intake[1] == self.port:
+            hosts = {intake[0], self.host}
+            if len(hosts) == 1 or hosts & WILDCARD_HOSTS:
+                raise ValueError("intake_listen must be another address than listen")
         return self
 
     @property
@@ -367,7 +373,7 @@ class ProjectSettings(_Model):
         for constraint in value:
             if not _CONSTRAINT.match(constraint):
                 raise ValueError(
-                    f"{constraint!r} is not a Swarm constraint like \"node.labels.tier == web\""
+                    f'{constraint!r} is not a Swarm constraint like "node.labels.tier == web"'
                 )
         return value
 

@@ -136,6 +136,7 @@ async def test_intake_processes_answer_serve_deploys_and_a_killed_one_comes_back
         victim = min(pids)
         os.kill(victim, signal.SIGKILL)
         acked: list[int] = []
+        acked_shas: list[str] = []
         for i in range(40):
             body, headers = github_delivery("push", github_push_payload(repo, f"{i + 1:040x}"))
             try:
@@ -144,6 +145,20 @@ async def test_intake_processes_answer_serve_deploys_and_a_killed_one_comes_back
                 continue
             assert status in (200, 202), answer
             acked += [j["job"] for j in answer.get("queued", [])]
+            acked_shas += [j["sha"] for j in answer.get("queued", [])]
+
+        # serve heard of every job they committed: each has its "queued" status, posted by serve
+        async def announced() -> bool:
+            return all(
+                any(s["description"] == "queued" for s in fake.statuses(repo, sha))
+                for sha in acked_shas
+            )
+
+        for _ in range(300):
+            if await announced():
+                break
+            await asyncio.sleep(0.1)
+        assert await announced(), [s for s in acked_shas if not fake.statuses(repo, s)][:3]
         again = await asyncio.to_thread(answering_pids, port, 2)
         assert victim not in again and len(again) == 2
         rows = job_rows(db)

@@ -445,9 +445,30 @@ class Heard:
     async def job_superseded(self, job: Job, by: Job) -> None:
         self.events.append(("superseded", job.id, by.id))
 
-    async def job_started(self, job: Job) -> None: ...
+    async def job_started(self, job: Job) -> None:
+        self.events.append(("started", job.id, None))
+
     def job_event(self, job: Job, event: Any) -> None: ...
     async def job_finished(self, job: Job, deployment: Deployment | None) -> None: ...
+
+
+async def test_a_job_another_process_queued_is_announced_before_it_starts_without_a_nudge(
+    engine: Engine, make_queue: QueueFactory, workspace: Workspace
+) -> None:
+    """The dispatcher, woken by anything, reads what others queued first: a job is never
+    started (its "deploying" status posted) before it was announced queued."""
+    heard, gate = Heard(), Gate()
+    gate.open.set()
+    queue = make_queue(gate, observers=[heard])
+    await queue.listen_to_others()
+    other = await Store.open(engine.store.db.path)
+    try:
+        [job], _ = await other.jobs.enqueue_superseding([deploy_job(workspace.name, "d" * 40)])
+    finally:
+        await other.close()
+    await queue.start()  # wakes the dispatcher; no nudge
+    await wait_until(lambda: ("started", job.id, None) in heard.events)
+    assert heard.events[:2] == [("queued", job.id, None), ("started", job.id, None)]
 
 
 async def test_jobs_another_process_queued_are_announced_once_in_commit_order(

@@ -57,6 +57,8 @@ def private_files(path: Path) -> None:
     for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
         if file.exists() and file.stat().st_mode & 0o077:
             file.chmod(0o600)
+
+
 class _WriteThread:
     """One thread that runs calls in order and hands each result back to the calling loop
     with `call_soon_threadsafe`: a put on a queue there, one callback back. Half the event
@@ -169,16 +171,24 @@ class Database:
 
     def _direct_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._direct is None:
-            conn = sqlite3.connect(self.path, isolation_level=None)
-            conn.row_factory = sqlite3.Row
-            pragmas = (f"busy_timeout={BUSY_TIMEOUT_MS}", "synchronous=NORMAL", "foreign_keys=ON")
-            for pragma in pragmas:
-                conn.execute(f"PRAGMA {pragma}")
-            self._direct = conn
             # Processes that commit deliveries at the same time (serve's intake processes)
             # take turns through this lock: a waiter is woken the moment the other commits,
             # where SQLite's busy handler would sleep for milliseconds and poll.
-            self._turns = os.open(f"{self.path}-writers", os.O_RDWR | os.O_CREAT, 0o600)
+            turns = os.open(f"{self.path}-writers", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                conn = sqlite3.connect(self.path, isolation_level=None)
+                conn.row_factory = sqlite3.Row
+                pragmas = (
+                    f"busy_timeout={BUSY_TIMEOUT_MS}",
+                    "synchronous=NORMAL",
+                    "foreign_keys=ON",
+                )
+                for pragma in pragmas:
+                    conn.execute(f"PRAGMA {pragma}")
+            except BaseException:
+                os.close(turns)
+                raise
+            self._direct, self._turns = conn, turns
         conn = self._direct
         fcntl.flock(self._turns, fcntl.LOCK_EX)
         try:
@@ -199,6 +209,7 @@ class Database:
             self._direct.close()
             self._direct = None
             os.close(self._turns)
+            self._turns = -1
 
     async def schema_version(self) -> int:
         row = await self.fetchone("PRAGMA user_version")
