@@ -323,6 +323,10 @@ def test_intake_listen_is_host_port_apart_from_listen_and_processes_bounded(
     )
     same = {"server": {"listen": "127.0.0.1:8088", "intake_listen": "127.0.0.1:8088"}}
     assert "intake_listen must be another address than listen" in config_error(same, tmp_path)
+    wildcard = {"server": {"listen": "0.0.0.0:8088", "intake_listen": "127.0.0.1:8088"}}
+    assert "intake_listen must be another address than listen" in config_error(wildcard, tmp_path)
+    apart = {"server": {"listen": "127.0.0.1:8088", "intake_listen": "127.0.0.2:8088"}}
+    assert parse(apart, tmp_path).server.intake_address == ("127.0.0.2", 8088)
     assert "server.intake_processes" in config_error(
         {"server": {"intake_listen": "127.0.0.1:8089", "intake_processes": 0}}, tmp_path
     )

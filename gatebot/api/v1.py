@@ -98,7 +98,14 @@ def only_fields(body: dict[str, Any], *allowed: str) -> None:
         raise ApiError(400, f"unknown field(s): {', '.join(unknown)[:200]} (expected: {expected})")
 
 
-def paging(request: web.Request) -> tuple[int, int]:
+def paging(request: web.Request, *others: str) -> tuple[int, int]:
+    """`limit` and `offset` of a listing; a query parameter other than those and `others`
+    gets 400, as an unknown body field does (an empty name too: `?=x`)."""
+    unknown = sorted(set(request.query) - {"limit", "offset", *others})
+    if unknown:
+        names = ", ".join(repr(name) for name in unknown)[:200]
+        raise ApiError(400, f"unknown query parameter(s): {names}")
+
     def number(name: str, default: int, low: int, high: int) -> int:
         raw = request.query.get(name)
         if raw is None:
@@ -403,7 +410,7 @@ async def get_deployment_logs(request: web.Request) -> web.StreamResponse:
 @routes.get("/api/v1/jobs")
 @requires("read")
 async def get_jobs(request: web.Request) -> web.Response:
-    limit, offset = paging(request)
+    limit, offset = paging(request, "state", "project")
     state_name = request.query.get("state")
     if state_name is not None and state_name not in set(JobState):
         raise ApiError(400, f"state must be one of {', '.join(JobState)}")

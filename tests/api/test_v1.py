@@ -252,9 +252,12 @@ async def test_jobs_are_listed_paged_and_cancelled(
         response = await client.get(path, headers=headers)
         assert response.status == 404 and (await response.json())["error"] == "not_found"
     assert (await client.delete("/api/v1/jobs/999999", headers=headers)).status == 404
-    for query in ("limit=0", "limit=101", "offset=-1", "limit=x", "state=done"):
+    for query in ("limit=0", "limit=101", "offset=-1", "limit=x", "state=done", "=true", "sort=id"):
         response = await client.get(f"/api/v1/jobs?{query}", headers=headers)
         assert response.status == 400, query
+    unknown = await client.get(f"/api/v1/projects/{setup.name}/deployments?=x", headers=headers)
+    assert unknown.status == 400
+    assert (await unknown.json())["message"] == "unknown query parameter(s): ''"
 
 
 async def test_odd_numbers_answer_4xx_in_the_error_shape_never_500(
