@@ -32,7 +32,6 @@ from aiohttp import web
 from gatebot import wiring
 from gatebot.api import dashboard, pages, probes, v1, webhooks
 from gatebot.api import metrics as metrics_api
-from gatebot.api.errors import body_reader, error_middleware
 from gatebot.api.keys import (
     ENGINE,
     FEEDBACK,
@@ -40,8 +39,6 @@ from gatebot.api.keys import (
     METRICS,
     QUEUE,
     RECORDER,
-    SECRETS,
-    SETTINGS,
     WATCHDOG,
     Recorder,
 )
@@ -50,14 +47,13 @@ from gatebot.feedback import Feedback
 from gatebot.feedback.comments import comment_runner
 from gatebot.gatewatch import GateWatcher
 from gatebot.intake_process import NUDGE, IntakeProcesses, intake_command
-from gatebot.metrics import Metrics, MetricsObserver, counted
+from gatebot.metrics import MetricsObserver, counted
 from gatebot.pipeline.engine import Engine, EngineListeners
 from gatebot.pipeline.jobs import run_job
 from gatebot.pipeline.reconcile import reconcile
 from gatebot.pipeline.upstreams import keep_upstreams_fresh
 from gatebot.poll import Poller
 from gatebot.queue import JobObserver, JobQueue
-from gatebot.redact import secrets_of
 from gatebot.settings import Settings
 from gatebot.watchdog import Watchdog
 
@@ -82,16 +78,9 @@ def create_app(
     open_forges: ForgesOpener = wiring.open_forges,
     observers: ObserverFactory | None = None,
 ) -> web.Application:
-    app = web.Application(
-        client_max_size=settings.server.max_body_bytes,
-        middlewares=[metrics_api.webhook_metrics, error_middleware, body_reader],
-    )
-    metrics = Metrics()
-    app[SETTINGS] = settings
-    app[SECRETS] = secrets_of(settings)  # worked out once, not per request
-    app[METRICS] = metrics
+    app = webhooks.webhook_app(settings)
+    metrics = app[METRICS]
     app.add_routes(probes.routes)
-    app.add_routes(webhooks.routes)
     app.add_routes(v1.routes)
     app.add_routes(pages.routes)
     dashboard.install(app, settings)

@@ -31,13 +31,11 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from gatebot import wiring
-from gatebot.api import metrics as metrics_api
 from gatebot.api import webhooks
-from gatebot.api.errors import body_reader, error_middleware, json_answer
-from gatebot.api.keys import FEEDBACK, METRICS, RECORDER, SECRETS, SETTINGS, Recorder
+from gatebot.api.errors import json_answer
+from gatebot.api.keys import FEEDBACK, METRICS, RECORDER, Recorder
 from gatebot.feedback import Feedback
-from gatebot.metrics import Metrics, counted
-from gatebot.redact import secrets_of
+from gatebot.metrics import counted
 from gatebot.settings import Settings
 from gatebot.store import Store
 from gatebot.store.jobs import Job, NewJob
@@ -58,15 +56,8 @@ def create_intake_app(
     settings: Settings, serve_pid: int, *, open_forges: ForgesOpener = wiring.open_forges
 ) -> web.Application:
     """The webhook routes alone, over the database and the forge clients."""
-    app = web.Application(
-        client_max_size=settings.server.max_body_bytes,
-        middlewares=[metrics_api.webhook_metrics, error_middleware, body_reader],
-    )
-    metrics = Metrics()
-    app[SETTINGS] = settings
-    app[SECRETS] = secrets_of(settings)
-    app[METRICS] = metrics
-    app.add_routes(webhooks.routes)
+    app = webhooks.webhook_app(settings)
+    metrics = app[METRICS]
 
     async def healthz(request: web.Request) -> web.Response:
         return json_answer({"ok": True, "intake": os.getpid()})

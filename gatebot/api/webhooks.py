@@ -18,8 +18,9 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from gatebot.api.errors import ApiError, json_answer
-from gatebot.api.keys import FEEDBACK, RECORDER, SETTINGS, WEBHOOK_OUTCOME
+from gatebot.api import metrics as metrics_api
+from gatebot.api.errors import ApiError, body_reader, error_middleware, json_answer
+from gatebot.api.keys import FEEDBACK, METRICS, RECORDER, SECRETS, SETTINGS, WEBHOOK_OUTCOME
 from gatebot.errors import GatebotError
 from gatebot.events import ChecksChanged, CommentCommand, Event, Ignored, Ping, Push
 from gatebot.forges.errors import WebhookRejected
@@ -38,6 +39,9 @@ from gatebot.intake import (
     plan_rollback,
     read_comment,
 )
+from gatebot.metrics import Metrics
+from gatebot.redact import secrets_of
+from gatebot.settings import Settings
 from gatebot.store.deployments import Deployments
 from gatebot.store.jobs import DuplicateDelivery, Job
 
@@ -232,6 +236,21 @@ async def accept(
         {"queued": [{"job": j.id, "project": j.project, "sha": j.sha} for j in created]},
         status=202,
     )
+
+
+def webhook_app(settings: Settings) -> web.Application:
+    """An application answering the webhook routes, with their middlewares and what they read
+    beside the recorder and the feedback (settings, secrets, a metrics registry): `serve`'s
+    adds the rest of its routes to it, an intake process nothing (gatebot/intake_process.py)."""
+    app = web.Application(
+        client_max_size=settings.server.max_body_bytes,
+        middlewares=[metrics_api.webhook_metrics, error_middleware, body_reader],
+    )
+    app[SETTINGS] = settings
+    app[SECRETS] = secrets_of(settings)  # worked out once, not per request
+    app[METRICS] = Metrics()
+    app.add_routes(routes)
+    return app
 
 
 def _log_late_recording(task: asyncio.Future[list[Job]]) -> None:
