@@ -100,10 +100,11 @@ def create_intake_app(
 
 
 def die_with_parent() -> None:
-    """PR_SET_PDEATHSIG: the kernel sends SIGTERM when serve, the parent, ends (a kill -9
-    too), so no intake process outlives it and answers deliveries nothing would run."""
+    """PR_SET_PDEATHSIG: the kernel kills this process when serve, the parent, ends (a kill -9
+    too), so none outlives it and answers deliveries nothing would run. SIGKILL, not a
+    graceful stop: a delivery cut off was not answered, and its commit is all or nothing."""
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
         log.warning("could not ask to die with serve: errno %d", ctypes.get_errno())
 
 
