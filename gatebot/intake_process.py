@@ -165,10 +165,6 @@ class IntakeProcesses:
                 asyncio.create_task(self._keep(index), name=f"gatebot-intake-{index}")
             )
 
-    @property
-    def pids(self) -> list[int]:
-        return sorted(p.pid for p in self.processes.values() if p.returncode is None)
-
     async def _keep(self, index: int) -> None:
         failures = 0
         env = {**os.environ, SERVE_PID_ENV: str(os.getpid())}

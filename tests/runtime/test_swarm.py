@@ -69,12 +69,7 @@ def project(swarm: Swarm) -> Iterator[str]:
     """A project name unique in this run; its services are removed afterwards."""
     name = f"sw{next(_names)}"
     yield name
-    client = swarm.client()
-    try:
-        for service in client.services.list(filters={"label": f"{LABEL_PROJECT}={name}"}):
-            service.remove()
-    finally:
-        client.close()
+    swarm.remove_services(name)
 
 
 def context(tmp: Path, version: str, *, failing: bool = False) -> Path:

@@ -42,6 +42,8 @@ from pathlib import Path
 import docker
 import docker.types
 
+from gatebot.runtime.base import LABEL_PROJECT
+
 NODES = ("n1", "n2")
 REGISTRY_PORT = 5000
 NETWORK = "gatebot-test"
@@ -100,6 +102,15 @@ class Swarm:
     def client(self, node: str | None = None) -> docker.DockerClient:
         target = self.node(node) if node else self.manager
         return docker.DockerClient(base_url=target.socket, timeout=30)
+
+    def remove_services(self, project: str) -> None:
+        """Remove the services of `project` (a test's clean-up), by gatebot's project label."""
+        client = self.client()
+        try:
+            for service in client.services.list(filters={"label": f"{LABEL_PROJECT}={project}"}):
+                service.remove()
+        finally:
+            client.close()
 
     def local_pool(self, node: Node) -> str:
         return f"10.213.{192 + self.octet * 2 + self.nodes.index(node)}.0/24"

@@ -28,7 +28,6 @@ from gatebot.pipeline.journal import CRASH_AFTER_ENV
 from gatebot.pipeline.reconcile import reconcile
 from gatebot.pipeline.rollback import rollback
 from gatebot.pipeline.upstreams import refresh_upstreams
-from gatebot.runtime.base import LABEL_PROJECT
 from gatebot.settings import Settings
 from gatebot.wiring import open_engine
 from tests.support.cli import gatebot
@@ -77,12 +76,7 @@ def swarm_settings(setup: Setup, swarm: Swarm, **overrides: Any) -> Settings:
 def services(swarm: Swarm, setup: Setup) -> Iterator[None]:
     """The project's services are removed after the test."""
     yield
-    client = swarm.client()
-    try:
-        for service in client.services.list(filters={"label": f"{LABEL_PROJECT}={setup.name}"}):
-            service.remove()
-    finally:
-        client.close()
+    swarm.remove_services(setup.name)
 
 
 @pytest.fixture
