@@ -47,6 +47,7 @@ ForgesOpener = Callable[[Settings], AbstractAsyncContextManager["dict[str, Forge
 log = logging.getLogger("gatebot.intake")
 SERVE_PID_ENV = "GATEBOT_SERVE_PID"
 NUDGE = signal.SIGUSR1  # "jobs were queued, or checks changed: look at the database"
+NUDGE_INTERVAL_SECONDS = 0.025  # at most one nudge per interval; serve batches for 50 ms anyway
 RESTART_PAUSE_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)  # before starting an ended process again
 STEADY_SECONDS = 30.0  # a process that ran this long starts again after the shortest pause
 PR_SET_PDEATHSIG = 1
@@ -64,9 +65,11 @@ def create_intake_app(
 
     app.router.add_get("/healthz", healthz)
 
-    def nudge() -> None:
+    def signal_serve() -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(serve_pid, NUDGE)
+
+    nudge = Throttle(signal_serve, NUDGE_INTERVAL_SECONDS)
 
     async def context(app: web.Application) -> AsyncIterator[None]:
         store = await Store.open(settings.server.data_dir / "gatebot.db")
@@ -81,7 +84,7 @@ def create_intake_app(
                     supersede: bool = False,
                     forward_only: bool = False,
                 ) -> list[Job]:
-                    created, _ = await store.jobs.enqueue_superseding(
+                    created = await store.jobs.enqueue(
                         jobs, delivery=delivery, supersede=supersede, forward_only=forward_only
                     )
                     if created:
@@ -97,6 +100,31 @@ def create_intake_app(
 
     app.cleanup_ctx.append(context)
     return app
+
+
+class Throttle:
+    """Calls `send` at once, then at most once per `interval`: a call meanwhile is not lost
+    but sent when the interval ends. A signal per delivery cost a tenth of an intake process's
+    time, and serve's as much to take them; serve reads every job since its last look anyway."""
+
+    def __init__(self, send: Callable[[], None], interval: float) -> None:
+        self.send = send
+        self.interval = interval
+        self._quiet: asyncio.TimerHandle | None = None  # set: sent less than `interval` ago
+        self._again = False
+
+    def __call__(self) -> None:
+        if self._quiet is not None:
+            self._again = True
+            return
+        self.send()
+        self._quiet = asyncio.get_running_loop().call_later(self.interval, self._end)
+
+    def _end(self) -> None:
+        self._quiet = None
+        if self._again:
+            self._again = False
+            self()
 
 
 def die_with_parent() -> None:

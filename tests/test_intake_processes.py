@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from gatebot.intake_process import Throttle
 from tests.fakes.github import FakeGitHub
 from tests.support.deliveries import GITHUB_SECRET, github_delivery, github_push_payload
 from tests.support.deploys import eventually_live
@@ -186,3 +187,21 @@ async def test_no_intake_process_outlives_serve_killed_with_sigkill(
             break
         await asyncio.sleep(0.1)
     assert not any(alive(pid) for pid in children), "an intake process outlived serve"
+
+
+async def test_nudges_are_sent_at_most_once_per_interval_and_none_is_lost() -> None:
+    """A burst of commits sends serve one signal at once and one when the interval ends (the
+    commits after the first are announced then); a quiet interval sends nothing."""
+    loop = asyncio.get_running_loop()
+    sent: list[float] = []
+    nudge = Throttle(lambda: sent.append(loop.time()), 0.05)
+    start = loop.time()
+    for _ in range(10):
+        nudge()
+    assert len(sent) == 1
+    await asyncio.sleep(0.15)
+    assert len(sent) == 2 and sent[1] - start >= 0.05  # the burst's trailing nudge
+    await asyncio.sleep(0.1)
+    assert len(sent) == 2  # nothing called meanwhile: nothing sent
+    nudge()
+    assert len(sent) == 3  # the next one goes at once again

@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import aiosqlite
 
@@ -31,6 +31,9 @@ log = logging.getLogger("gatebot.store")
 # How long a write waits for another connection's write lock before "database is locked";
 # read when a connection opens (the fault tests shorten it).
 BUSY_TIMEOUT_MS = 10_000
+# write_batch tries the lock on the event loop again after each of these pauses (another
+# process's batch takes about a millisecond), then waits for it on its write thread.
+DIRECT_RETRY_SECONDS = (0.0005, 0.001, 0.002)
 
 
 async def _connect(path: Path, opened: list[aiosqlite.Connection]) -> aiosqlite.Connection:
@@ -104,6 +107,37 @@ def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None)
         future.set_result(result)
 
 
+def _direct_transaction(
+    conn: sqlite3.Connection, turns: int, fn: Callable[[sqlite3.Connection], T], *, wait: bool
+) -> tuple[bool, T | None]:
+    """(True, what `fn` returned) once its transaction is committed; (False, None) without
+    `wait` when another writer holds the lock (nothing was run)."""
+    try:
+        fcntl.flock(turns, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False, None
+    try:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if not wait and exc.sqlite_errorcode in _BUSY:
+                return False, None
+            raise
+        try:
+            result = fn(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    finally:
+        fcntl.flock(turns, fcntl.LOCK_UN)
+    return True, result
+
+
+_BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
 def utcnow() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -119,9 +153,12 @@ class Database:
         self.reader = reader
         self.path = path
         self._write = asyncio.Lock()
-        self._direct: sqlite3.Connection | None = None  # see write_in_thread; opened there
+        # write_batch's connections, opened at the first: one for the event loop, one for
+        # its write thread (each used by that thread alone), and the writers' flock file.
+        self._direct_now: sqlite3.Connection | None = None
+        self._direct_waits: sqlite3.Connection | None = None
         self._direct_thread: _WriteThread | None = None
-        self._turns = -1  # the flock file of write_in_thread's writers, opened with _direct
+        self._turns = -1
 
     @classmethod
     async def open(cls, path: Path) -> Database:
@@ -149,67 +186,78 @@ class Database:
             raise
 
     async def close(self) -> None:
-        if self._direct_thread is not None:
-            async with self._write:
-                await self._direct_thread.call(self._close_direct)
-            self._direct_thread.stop()
-            self._direct_thread = None
+        async with self._write:
+            if self._direct_thread is not None:
+                await self._direct_thread.call(self._close_direct_waits)
+                self._direct_thread.stop()
+                self._direct_thread = None
+            if self._direct_now is not None:
+                self._direct_now.close()
+                self._direct_now = None
+            if self._turns >= 0:
+                os.close(self._turns)
+                self._turns = -1
         await self.conn.close()
         if self.reader is not self.conn:
             await self.reader.close()
 
-    async def write_in_thread(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn` as one write transaction in a single call on a thread of its own: BEGIN
-        IMMEDIATE, `fn(connection)`, COMMIT (ROLLBACK if anything raises). `transaction()`
-        costs a round trip to aiosqlite's thread per statement; this costs one in all, which is
-        what lets webhook intake commit many deliveries at once (see Jobs.enqueue_superseding).
-        Writes through either path take the same lock: one write transaction at a time."""
+    async def write_batch(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` as one write transaction in a single call: BEGIN IMMEDIATE,
+        `fn(connection)`, COMMIT (ROLLBACK if anything raises). `transaction()` costs a round
+        trip to aiosqlite's thread per statement; this costs none when the database is free,
+        which is what lets webhook intake commit many deliveries at once (see
+        Jobs.enqueue_superseding).
+
+        It runs on the event loop when the write lock is free at once (a batch is a fraction
+        of a millisecond of SQLite's work, less than the hand-off to a thread and back, and
+        the two threads' turns at Python's lock, cost). When another process or connection
+        holds it, the transaction waits for it on a thread of its own instead, so the loop
+        never waits for a lock. Writes through either path take the same asyncio lock: one
+        write transaction at a time."""
         async with self._write:
+            if self._direct_now is None:
+                self._direct_now = self._direct_connection(busy_timeout_ms=0)
+            for pause in DIRECT_RETRY_SECONDS:
+                done, result = _direct_transaction(self._direct_now, self._turns, fn, wait=False)
+                if done:
+                    return cast(T, result)
+                await asyncio.sleep(pause)
             if self._direct_thread is None:
                 self._direct_thread = _WriteThread()
-            return await self._direct_thread.call(partial(self._direct_transaction, fn))
+            return await self._direct_thread.call(partial(self._direct_waiting, fn))
 
-    def _direct_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._direct is None:
+    def _direct_connection(self, *, busy_timeout_ms: int) -> sqlite3.Connection:
+        if self._turns < 0:
             # Processes that commit deliveries at the same time (serve's intake processes)
             # take turns through this lock: a waiter is woken the moment the other commits,
             # where SQLite's busy handler would sleep for milliseconds and poll.
-            turns = os.open(f"{self.path}-writers", os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                conn = sqlite3.connect(self.path, isolation_level=None)
-                conn.row_factory = sqlite3.Row
-                pragmas = (
-                    f"busy_timeout={BUSY_TIMEOUT_MS}",
-                    "synchronous=NORMAL",
-                    "foreign_keys=ON",
-                )
-                for pragma in pragmas:
-                    conn.execute(f"PRAGMA {pragma}")
-            except BaseException:
-                os.close(turns)
-                raise
-            self._direct, self._turns = conn, turns
-        conn = self._direct
-        fcntl.flock(self._turns, fcntl.LOCK_EX)
+            self._turns = os.open(f"{self.path}-writers", os.O_RDWR | os.O_CREAT, 0o600)
+        conn = sqlite3.connect(self.path, isolation_level=None)
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        finally:
-            fcntl.flock(self._turns, fcntl.LOCK_UN)
-        return result
+            conn.row_factory = sqlite3.Row
+            for pragma in (
+                f"busy_timeout={busy_timeout_ms}",
+                "synchronous=NORMAL",
+                "foreign_keys=ON",
+            ):
+                conn.execute(f"PRAGMA {pragma}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
-    def _close_direct(self) -> None:
-        if self._direct is not None:
-            self._direct.close()
-            self._direct = None
-            os.close(self._turns)
-            self._turns = -1
+    def _direct_waiting(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """On the write thread: `fn`'s transaction, waiting for the lock as long as it takes
+        (SQLite's busy timeout then)."""
+        if self._direct_waits is None:
+            self._direct_waits = self._direct_connection(busy_timeout_ms=BUSY_TIMEOUT_MS)
+        _, result = _direct_transaction(self._direct_waits, self._turns, fn, wait=True)
+        return cast(T, result)
+
+    def _close_direct_waits(self) -> None:
+        if self._direct_waits is not None:
+            self._direct_waits.close()
+            self._direct_waits = None
 
     async def schema_version(self) -> int:
         row = await self.fetchone("PRAGMA user_version")

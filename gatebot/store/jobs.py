@@ -89,7 +89,7 @@ class NewJob:
 
     def queued_as(self, job_id: int, now: str) -> Job:
         """The row this job becomes when inserted as `job_id` at `now`, built from what was
-        written rather than read back and parsed (a third of the write thread's time)."""
+        written rather than read back and parsed (a third of the commit's time)."""
         return Job(
             id=job_id,
             project=self.project,
@@ -127,6 +127,7 @@ class _Pending:
     delivery: tuple[str, str, str, str | None] | None
     supersede: bool
     forward_only: bool  # leave out a job of a commit not newer than the live one
+    superseded_jobs: bool  # return the jobs superseded (else the pairs are left empty)
     future: asyncio.Future[_Outcome]
 
 
@@ -139,7 +140,7 @@ def _apply_all(batch: list[_Pending], conn: sqlite3.Connection) -> list[_Outcome
 def _apply(
     conn: sqlite3.Connection, pending: _Pending, now: str, origins: dict[int, Origin]
 ) -> _Outcome | Exception:
-    """One caller's share of a group commit, under its own savepoint (on the write thread)."""
+    """One caller's share of a group commit, under its own savepoint (in write_batch)."""
     conn.execute("SAVEPOINT enqueue")
     try:
         outcome = _enqueue_rows(conn, pending, now, origins)
@@ -200,12 +201,16 @@ def _enqueue_rows(
         new = job.queued_as(job_id, now)
         created.append(new)
         if pending.supersede and job.kind is JobKind.DEPLOY:
-            older = conn.execute(
+            update = (
                 "UPDATE jobs SET state = 'superseded', superseded_by = ?, updated_at = ?,"
                 " finished_at = ? WHERE project = ? AND state IN ('queued', 'waiting')"
-                " AND kind = 'deploy' AND id < ? RETURNING *",
-                (new.id, now, now, job.project, new.id),
-            ).fetchall()
+                " AND kind = 'deploy' AND id < ?"
+            )
+            params = (new.id, now, now, job.project, new.id)
+            if not pending.superseded_jobs:
+                conn.execute(update, params)
+                continue
+            older = conn.execute(update + " RETURNING *", params).fetchall()
             superseded += sorted(
                 ((Job.from_row(r, origins.get(r["id"])), new) for r in older),
                 key=lambda pair: pair[0].id,
@@ -353,14 +358,16 @@ class Jobs:
         *,
         delivery: tuple[str, str, str, str | None] | None = None,
         supersede: bool = False,
+        forward_only: bool = False,
     ) -> list[Job]:
         """Insert `jobs` (and the delivery (forge, id, event), if any) in one transaction.
 
         With `supersede`, a project's queued and waiting deploy jobs are marked superseded by
-        the new one.
+        the new one. With `forward_only`, a job of a commit not newer than its project's live
+        one is left out.
         Raises DuplicateDelivery when the delivery was recorded before; nothing is written then.
         """
-        created, _ = await self.enqueue_superseding(jobs, delivery=delivery, supersede=supersede)
+        created, _ = await self._enqueue(jobs, delivery, supersede, forward_only, False)
         return created
 
     async def enqueue_superseding(
@@ -374,12 +381,23 @@ class Jobs:
         """`enqueue`, also returning the (superseded job, newer job) pairs.
 
         Group commit: the calls waiting at one moment are written in one transaction, in one
-        call on the database's write thread, each under a savepoint of its own (so each is
+        call (Database.write_batch), each under a savepoint of its own (so each is
         still all or nothing, and a duplicate is refused alone). Every caller hears only after
         that commit, with the rows its own INSERT and UPDATE returned, never from a later read.
         """
+        return await self._enqueue(jobs, delivery, supersede, forward_only, True)
+
+    async def _enqueue(
+        self,
+        jobs: list[NewJob],
+        delivery: tuple[str, str, str, str | None] | None,
+        supersede: bool,
+        forward_only: bool,
+        superseded_jobs: bool,
+    ) -> _Outcome:
         future: asyncio.Future[_Outcome] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(list(jobs), delivery, supersede, forward_only, future))
+        pending = _Pending(list(jobs), delivery, supersede, forward_only, superseded_jobs, future)
+        self._pending.append(pending)
         if self._committer is None or self._committer.done():
             self._committer = asyncio.create_task(self._commit_pending())
         return await future
@@ -391,7 +409,7 @@ class Jobs:
             if not batch:
                 continue
             try:
-                outcomes = await self.db.write_in_thread(partial(_apply_all, batch))
+                outcomes = await self.db.write_batch(partial(_apply_all, batch))
             except BaseException as exc:  # the commit failed: none of the batch was written
                 for p in batch:
                     if not p.future.done():

@@ -68,7 +68,7 @@ def print_summary(title: str, summary: dict[str, list[tuple[str, float]]]) -> No
 
 # Where a sample's deepest recognized frame lies, first match wins (order matters).
 CATEGORIES = (
-    ("SQLite writes (gatebot's write thread)", "_direct_transaction"),
+    ("SQLite writes (write_batch)", "_direct_transaction"),
     ("SQLite via aiosqlite", "aiosqlite/"),
     ("logging", "logging/"),
     ("JSON", "json/"),
