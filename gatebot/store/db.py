@@ -144,7 +144,8 @@ def utcnow() -> str:
 
 class Database:
     """Two connections: `conn` for writes (one transaction at a time), `reader` for reads, so a
-    read never sees another coroutine's uncommitted transaction (WAL gives it the last commit)."""
+    read never sees another coroutine's uncommitted transaction (WAL gives it the last commit);
+    and write_batch's own, for a batch of writes in one call."""
 
     def __init__(
         self, conn: aiosqlite.Connection, reader: aiosqlite.Connection, path: Path
